@@ -1,0 +1,160 @@
+"""latentgen against diffusers' StableDiffusionPipeline on the same model, in one process, alternating.
+
+Measures seconds per image for 1 and 8 images (20 steps, DPM-Solver++ 2M, CFG on), the ratio
+latentgen/diffusers (below 1 means latentgen is faster), and the wall time of one whole
+``latentgen generate`` process (interpreter start + import + load + generate + write).
+
+The model is the built-in one when it is installed, else the foundation's ``small`` random model
+(SD-shaped, a few million parameters, 64×64 images). Results: benchmarks/generate.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from latentgen import GenerationRequest, Pipeline, Sampler, load_model
+from latentgen.loader import BUILTIN_DIR
+from latentgen.samplers import build_scheduler
+from latentgen.tiny import write_model
+
+HERE = Path(__file__).parent
+PROMPT = "a red circle above a blue square"
+
+
+def reference_pipeline(model):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=model.vae,
+        text_encoder=model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=model.unet,
+        scheduler=build_scheduler(Sampler.DPM_SOLVER, False, model.source.scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--model", default=None, help="default: builtin if installed, else the small random model")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="latentgen-bench-"))
+    if args.model:
+        model_arg, model_label = args.model, args.model
+    elif (BUILTIN_DIR / "model_index.json").is_file():
+        model_arg, model_label = "builtin", "builtin"
+    else:
+        model_arg, model_label = str(write_model(tmp / "small", "small", seed=0)), "small (random, SD-shaped)"
+
+    model = load_model(model_arg, device="cpu", dtype="fp32")
+    ours = Pipeline(model)
+    theirs = reference_pipeline(model)
+    size = model.source.default_size
+    steps, guidance = args.steps, 7.5
+
+    def run_ours(n: int):
+        req = GenerationRequest(PROMPT, steps=steps, guidance=guidance, sampler=Sampler.DPM_SOLVER, seed=0, num_images=n)
+        ours.generate(req, batch_size=n)
+
+    def run_theirs(n: int):
+        theirs(
+            [PROMPT] * n,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            width=size,
+            height=size,
+            generator=[torch.Generator("cpu").manual_seed(i) for i in range(n)],
+        )
+
+    results = {}
+    for n in (1, 8):
+        run_ours(n), run_theirs(n)  # warm-up
+        t_ours, t_theirs = [], []
+        for _ in range(args.repeats):  # alternate, so drift in machine load hits both alike
+            t_ours.append(timed(lambda n=n: run_ours(n)) / n)
+            t_theirs.append(timed(lambda n=n: run_theirs(n)) / n)
+        results[f"{n}_images"] = {
+            "latentgen_s_per_image": statistics.median(t_ours),
+            "diffusers_s_per_image": statistics.median(t_theirs),
+            "ratio_latentgen_over_diffusers": statistics.median(t_ours) / statistics.median(t_theirs),
+            "runs_latentgen": t_ours,
+            "runs_diffusers": t_theirs,
+        }
+
+    cli = [sys.executable, "-m", "latentgen", "generate", PROMPT, "--model", model_arg, "--steps", str(steps)]
+    walls = []
+    for i in range(args.repeats):
+        out = tmp / f"cli-{i}.png"
+        walls.append(timed(lambda out=out: subprocess.run([*cli, "--seed", "0", "--out", str(out), "-q"], check=True)))
+    import_s = timed(lambda: subprocess.run([sys.executable, "-c", "import latentgen.api"], check=True))
+
+    report = {
+        "model": model_label,
+        "image_size": size,
+        "steps": steps,
+        "sampler": "dpm-solver (DPM++ 2M)",
+        "guidance": guidance,
+        "device": "cpu",
+        "dtype": "fp32",
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "per_image": results,
+        "cli_process_wall_s": statistics.median(walls),
+        "cli_process_wall_runs": walls,
+        "import_latentgen_api_s": import_s,
+        "repeats": args.repeats,
+    }
+    (HERE / "generate.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        "# `make bench`: latentgen vs diffusers StableDiffusionPipeline",
+        "",
+        f"Model: {model_label}, {size}×{size}, {steps} steps DPM++ 2M, CFG {guidance}, CPU fp32, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats} alternating runs.",
+        "",
+        "| images per call | latentgen s/image | diffusers s/image | ratio latentgen/diffusers |",
+        "|---|---|---|---|",
+    ]
+    for n in (1, 8):
+        r = results[f"{n}_images"]
+        lines.append(
+            f"| {n} | {r['latentgen_s_per_image']:.3f} | {r['diffusers_s_per_image']:.3f} | "
+            f"{r['ratio_latentgen_over_diffusers']:.2f} |"
+        )
+    lines += [
+        "",
+        f"One whole `latentgen generate` process (start, import, load, 1 image, write): "
+        f"{report['cli_process_wall_s']:.2f} s (median); `import latentgen.api` alone: {import_s:.2f} s.",
+        "",
+    ]
+    (HERE / "generate.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from latentgen.cli import main
+
+main()

@@ -1,0 +1,278 @@
+"""The sampling pipeline, as numbered steps.
+
+    validate → tokenize → encode prompt and negative prompt → seeded noise → sampler loop
+    (U-Net + classifier-free guidance) → VAE decode → non-finite check → PIL images
+
+:meth:`Pipeline.generate` serves one :class:`GenerationRequest`; :meth:`Pipeline.sample` is the one
+sampling loop underneath, over a U-Net batch of :class:`Job` s that share :class:`Settings`. Batch
+runs group compatible requests into one ``sample`` call; img2img and inpainting reuse it through the
+``start`` and ``after_step`` hooks instead of copying the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from PIL import Image
+
+from latentgen.devices import dtype_name
+from latentgen.errors import NonFiniteError
+from latentgen.loader import Model
+from latentgen.request import GenerationRequest
+from latentgen.samplers import Sampler, build_scheduler, is_stochastic
+
+log = logging.getLogger("latentgen")
+
+# (step index within a batch, steps in that batch) → None; called after every sampler step.
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every image of one U-Net batch shares."""
+
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    sampler: Sampler
+    karras: bool = False
+
+    @classmethod
+    def of(cls, req: GenerationRequest) -> Settings:
+        return cls(req.width, req.height, req.steps, req.guidance, req.sampler, req.karras)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to make: its prompt, negative prompt and noise seed."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+
+
+@dataclass
+class GeneratedImage:
+    """A finished image and everything needed to reproduce it."""
+
+    image: Image.Image
+    request: GenerationRequest  # resolved, for exactly this image: num_images=1, its own seed
+    index: int  # position within the request it came from
+    model_name: str
+    model_hash: str
+    model_family: str
+    dtype: str
+    device: str
+    notes: tuple[str, ...] = ()  # things that happened on the way, e.g. "decoded in fp32 after NaN"
+
+
+# Hooks for img2img and inpainting. ``start`` turns the seeded noise into the starting latents and
+# may shorten the timestep schedule; ``after_step`` may rewrite the latents after each step.
+StartFn = Callable[[torch.Tensor, object, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+AfterStepFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Pipeline:
+    """Generate images from a loaded :class:`~latentgen.loader.Model`. Load once, call many times."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self._emb_cache: dict[str, torch.Tensor] = {}
+
+    # -- public API -------------------------------------------------------------------------------
+
+    def generate(
+        self, request: GenerationRequest, *, batch_size: int = 1, progress: ProgressFn | None = None
+    ) -> list[GeneratedImage]:
+        """All images of ``request`` (see :meth:`iter_generate`)."""
+        return list(self.iter_generate(request, batch_size=batch_size, progress=progress))
+
+    def iter_generate(
+        self, request: GenerationRequest, *, batch_size: int = 1, progress: ProgressFn | None = None
+    ) -> Iterator[GeneratedImage]:
+        """Yield the images of ``request`` as each U-Net batch of up to ``batch_size`` finishes."""
+        # 1. Validate (and fill defaults from the model).
+        req = request.resolve(self.model.source)
+        self.warn_about_prompt(req.prompt)
+        settings = Settings.of(req)
+        jobs = [Job(req.prompt, req.negative_prompt, req.seed + i) for i in range(req.num_images)]
+        for start in range(0, len(jobs), max(1, batch_size)):
+            chunk = jobs[start : start + batch_size]
+            images, notes = self.sample(chunk, settings, progress=progress)
+            for offset, (job, image) in enumerate(zip(chunk, images, strict=True)):
+                yield self._wrap(image, replace(req, seed=job.seed, num_images=1), start + offset, notes)
+
+    def sample(
+        self,
+        jobs: Sequence[Job],
+        settings: Settings,
+        *,
+        progress: ProgressFn | None = None,
+        start: StartFn | None = None,
+        after_step: AfterStepFn | None = None,
+    ) -> tuple[list[Image.Image], tuple[str, ...]]:
+        """Run one U-Net batch: every job shares ``settings``. Returns PIL images and notes."""
+        m = self.model
+        with torch.inference_mode():
+            # 2–3. Tokenize and encode; conditional and unconditional halves: [B, T, D] each.
+            cond = torch.cat([self.encode(j.prompt) for j in jobs])
+            do_cfg = settings.guidance > 1.0
+            uncond = torch.cat([self.encode(j.negative_prompt) for j in jobs]) if do_cfg else None
+
+            # 4. Timesteps from a fresh scheduler built from the model's own config.
+            scheduler = build_scheduler(settings.sampler, settings.karras, m.source.scheduler_config)
+            scheduler.set_timesteps(settings.steps, device=m.device)
+            timesteps = scheduler.timesteps
+
+            # 5. Seeded noise: one CPU generator per image, so a batch equals its singles.
+            generators = [torch.Generator("cpu").manual_seed(j.seed) for j in jobs]
+            noise = self._noise(generators, settings)  # [B, C, h, w]
+            if start is None:
+                latents = noise * scheduler.init_noise_sigma
+            else:
+                latents, timesteps = start(noise, scheduler, timesteps)
+
+            # 6. Sampler loop, CFG in one batched U-Net call.
+            text_emb = torch.cat([uncond, cond]) if do_cfg else cond  # [2B or B, T, D]
+            step_kwargs = {"generator": generators} if is_stochastic(settings.sampler) else {}
+            for i, t in enumerate(timesteps):
+                model_in = torch.cat([latents, latents]) if do_cfg else latents
+                model_in = scheduler.scale_model_input(model_in, t)
+                eps = m.unet(model_in, t, encoder_hidden_states=text_emb, return_dict=False)[0]
+                if do_cfg:
+                    eps_uncond, eps_cond = eps.chunk(2)
+                    eps = eps_uncond + settings.guidance * (eps_cond - eps_uncond)
+                latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+                if after_step is not None:
+                    latents = after_step(i, t, latents)
+                if progress is not None:
+                    progress(i + 1, len(timesteps))
+
+            # 7–8. Decode, with a check for non-finite values.
+            pixels, notes = self.decode(latents)  # [B, 3, H, W] in [-1, 1]
+        return to_pil(pixels), notes
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Text embeddings ``[1, T, D]`` for one prompt, cached per pipeline."""
+        emb = self._emb_cache.get(text)
+        if emb is None:
+            m = self.model
+            ids = m.tokenizer(
+                text,
+                padding="max_length",
+                max_length=m.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            mask = (
+                ids.attention_mask.to(m.device)
+                if getattr(m.text_encoder.config, "use_attention_mask", False)
+                else None
+            )
+            emb = m.text_encoder(ids.input_ids.to(m.device), attention_mask=mask)[0].to(m.dtype)
+            if len(self._emb_cache) > 1024:
+                self._emb_cache.clear()
+            self._emb_cache[text] = emb
+        return emb
+
+    def dropped_text(self, text: str) -> str:
+        """The part of ``text`` the text encoder cannot see (beyond its token limit), or ''."""
+        tok = self.model.tokenizer
+        ids = tok(text, truncation=False, add_special_tokens=False).input_ids
+        room = tok.model_max_length - 2  # BOS and EOS
+        return tok.decode(ids[room:]).strip() if len(ids) > room else ""
+
+    def warn_about_prompt(self, prompt: str) -> None:
+        dropped = self.dropped_text(prompt)
+        if dropped:
+            log.warning(
+                "prompt is longer than the text encoder's %d tokens; dropped: %r",
+                self.model.tokenizer.model_max_length,
+                dropped,
+            )
+        vocab = self.model.source.vocabulary
+        if vocab:
+            known = set(vocab)
+            unknown = [w for w in re.findall(r"[a-z0-9']+", prompt.lower()) if w not in known]
+            if unknown:
+                log.warning(
+                    "model %s never saw the word(s) %s; it knows only its small world "
+                    "(see `latentgen info --model %s`); use --model for a real checkpoint",
+                    self.model.name,
+                    ", ".join(dict.fromkeys(unknown)),
+                    self.model.name,
+                )
+
+    def decode(self, latents: torch.Tensor) -> tuple[torch.Tensor, tuple[str, ...]]:
+        """VAE-decode ``latents [B, 4, h, w]`` to pixels ``[B, 3, H, W]``; retry in fp32 on NaN/inf."""
+        m = self.model
+        if not torch.isfinite(latents).all():
+            raise NonFiniteError(
+                f"the U-Net produced non-finite latents in {dtype_name(m.dtype)}; "
+                "try --dtype fp32 (or another sampler or fewer guidance)"
+            )
+        pixels = self._vae_decode(latents, m.vae.dtype)
+        if torch.isfinite(pixels).all():
+            return pixels, ()
+        if m.vae.dtype == torch.float32:
+            raise NonFiniteError(
+                "the VAE decoded non-finite pixels even in fp32; the VAE weights may be broken"
+            )
+        note = f"VAE decode in {dtype_name(m.vae.dtype)} gave non-finite pixels; decoded again in fp32"
+        log.warning(note)
+        vae_dtype = m.vae.dtype
+        m.vae.to(torch.float32)
+        try:
+            pixels = self._vae_decode(latents, torch.float32)
+        finally:
+            m.vae.to(vae_dtype)
+        if not torch.isfinite(pixels).all():
+            raise NonFiniteError(
+                "the VAE decoded non-finite pixels in fp16 and again in fp32; try --dtype fp32 "
+                "or a VAE with fixed fp16 weights"
+            )
+        return pixels, (note,)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _vae_decode(self, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        vae = self.model.vae
+        z = latents.to(dtype) / vae.config.scaling_factor
+        if vae.config.get("shift_factor"):
+            z = z + vae.config.shift_factor
+        return vae.decode(z, return_dict=False)[0]
+
+    def _noise(self, generators: list[torch.Generator], s: Settings) -> torch.Tensor:
+        m = self.model
+        f = m.source.vae_scale_factor
+        shape = (1, m.unet.config.in_channels, s.height // f, s.width // f)
+        # Drawn on the CPU in the model dtype, exactly as diffusers' randn_tensor does.
+        noise = [torch.randn(shape, generator=g, device="cpu", dtype=m.dtype) for g in generators]
+        return torch.cat(noise).to(m.device)
+
+    def _wrap(self, image, req, index, notes) -> GeneratedImage:
+        m = self.model
+        return GeneratedImage(
+            image=image,
+            request=req,
+            index=index,
+            model_name=m.name,
+            model_hash=m.content_hash,
+            model_family=m.source.family,
+            dtype=dtype_name(m.dtype),
+            device=str(m.device),
+            notes=notes,
+        )
+
+
+def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    """``[B, 3, H, W]`` in [-1, 1] → RGB PIL images (rounded as diffusers does)."""
+    arr = (pixels / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
+    arr = (arr * 255).round().astype(np.uint8)
+    return [Image.fromarray(a) for a in arr]

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny models built in code under fixed seeds; nothing is fetched."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random model saved in diffusers layout (read-only for tests: copy before changing it)."""
+    from latentgen.tiny import write_model
+
+    return write_model(tmp_path_factory.mktemp("models") / "tiny", "tiny", seed=0)
+
+
+@pytest.fixture()
+def model_copy(tiny_model_dir, tmp_path):
+    """A private copy of the tiny model that a test may damage."""
+    dst = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from latentgen import load_model
+
+    return load_model(tiny_model_dir, device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep the model-hash cache out of the user's home."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr("latentgen.loader._HASH_CACHE", tmp_path_factory.mktemp("cache") / "hashes.json")
+    yield
+    mp.undo()
+
+
+@pytest.fixture()
+def run_cli(monkeypatch, capsys):
+    """Run the console entry point in-process: returns (exit code, stdout, stderr)."""
+    from latentgen.cli import main
+
+    def run(*args: str):
+        monkeypatch.setattr(sys, "argv", ["latentgen", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
