@@ -187,15 +187,69 @@ def info(
                 print(f"{k}: {' '.join(v) if isinstance(v, list) else v}")
 
 
+@app.command("eval")
+def eval_(
+    model: ModelOpt = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for images (GenEval layout) and scores.")
+    ] = Path("eval"),
+    images_per_prompt: Annotated[int, typer.Option("--images", "-N", help="Images per prompt.")] = 4,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps (default: the model's).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="ddim, dpm-solver, euler, euler-a, unipc.")] = None,
+    karras: Annotated[bool, typer.Option("--karras/--no-karras", help="Karras sigmas.")] = False,
+    seed: Annotated[int, typer.Option(help="Image j of every prompt uses seed + j.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per U-Net batch.")] = 32,
+    limit: Annotated[int | None, typer.Option(help="Prompts per category (default: all).")] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the scores as JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Score prompt adherence GenEval-style in the built-in model's world (six categories)."""
+    from latentgen.evaluate import EvalConfig, resolve_settings, run_eval
+    from latentgen.loader import load_model, resolve_model
+
+    _setup_logging(quiet)
+    if images_per_prompt < 1 or batch_size < 1 or (limit is not None and limit < 1):
+        raise UsageError("--images, --batch-size and --limit must be 1 or more")
+    cfg = EvalConfig(
+        images_per_prompt=images_per_prompt,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        sampler=sampler,
+        karras=karras,
+        batch_size=batch_size,
+        prompts_per_category=limit,
+    )
+    source = resolve_model(model or "builtin")
+    from latentgen.request import GenerationRequest
+
+    GenerationRequest("x", steps=steps, guidance=guidance, sampler=sampler, karras=karras, seed=seed).resolve(
+        source
+    )
+    loaded = load_model(source, device=device, dtype=dtype)
+    with _progress(0, quiet, unit="image") as bar:
+        scores = run_eval(loaded, out, cfg, progress=bar.absolute)
+    if json_out:
+        print(json.dumps(scores, indent=2))
+    else:
+        for cat, v in scores["categories"].items():
+            print(f"{cat:14s} {v:.3f}")
+        print(f"{'overall':14s} {scores['overall']:.3f}")
+        print(f"({scores['images']} images, {scores['seconds_per_image']:.3f} s/image; written to {out})")
+
+
 class _progress:
     """A tqdm bar on stderr when it is a terminal; usable as the pipeline's progress callback."""
 
-    def __init__(self, total: int, quiet: bool):
+    def __init__(self, total: int, quiet: bool, unit: str = "step"):
         self.bar = None
         if not quiet and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, file=sys.stderr, unit="step", leave=False)
+            self.bar = tqdm(total=total or None, file=sys.stderr, unit=unit, leave=False)
 
     def __enter__(self):
         return self
@@ -207,6 +261,12 @@ class _progress:
     def __call__(self, step: int, total: int) -> None:
         if self.bar is not None:
             self.bar.update(1)
+
+    def absolute(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.n = done
+            self.bar.refresh()
 
 
 def _cuda_available() -> bool:

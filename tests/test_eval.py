@@ -1,0 +1,57 @@
+"""``latentgen eval``: scoring and layout, checked with stand-in models whose answers we know."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from latentgen.evaluate import EvalConfig, run_eval
+from latentgen.pipeline import Pipeline
+from latentgen.world import CATEGORIES, parse_prompt, render_scene, scene_for_spec
+
+
+def _renderer(prompt_of):
+    """A stand-in for the sampler: draws, with the world's renderer, a scene for ``prompt_of(job)``."""
+
+    def sample(self, jobs, settings, **kwargs):
+        images = []
+        for job in jobs:
+            spec = parse_prompt(prompt_of(job))
+            images.append(render_scene(scene_for_spec(spec, random.Random(job.seed))))
+        return images, ()
+
+    return sample
+
+
+def test_perfect_model_scores_one_and_writes_geneval_layout(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(Pipeline, "sample", _renderer(lambda job: job.prompt))
+    cfg = EvalConfig(images_per_prompt=2, prompts_per_category=3, steps=1, batch_size=5)
+    scores = run_eval(tiny_model, tmp_path, cfg)
+    assert set(scores["categories"]) == set(CATEGORIES)
+    assert scores["overall"] == 1.0
+    assert scores["images"] == 2 * 3 * len(CATEGORIES)
+    meta = json.loads((tmp_path / "00000" / "metadata.jsonl").read_text())
+    assert meta["tag"] in CATEGORIES and meta["prompt"] and meta["include"][0]["class"]
+    assert (tmp_path / "00000" / "samples" / "0001.png").is_file()
+    assert (tmp_path / "contact_sheet.png").is_file()
+    assert json.loads((tmp_path / "scores.json").read_text())["overall"] == 1.0
+
+
+def test_model_that_ignores_the_prompt_scores_low(tiny_model, monkeypatch):
+    monkeypatch.setattr(Pipeline, "sample", _renderer(lambda job: "a gray heart"))
+    scores = run_eval(tiny_model, None, EvalConfig(images_per_prompt=1, prompts_per_category=5, steps=1))
+    assert scores["overall"] < 0.3
+
+
+def test_eval_cli_validates_before_loading(run_cli, model_copy, tmp_path):
+    (model_copy / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"broken")
+    code, _, err = run_cli("eval", "--model", model_copy, "--steps", 0, "--out", tmp_path / "e")
+    assert code == 2 and "steps 0 is invalid" in err
+
+
+@pytest.mark.parametrize("flag", ["--images", "--limit", "--batch-size"])
+def test_eval_cli_rejects_nonpositive_counts(run_cli, tiny_model_dir, tmp_path, flag):
+    code, _, err = run_cli("eval", "--model", tiny_model_dir, flag, 0, "--out", tmp_path / "e")
+    assert code == 2 and "must be 1 or more" in err
