@@ -224,11 +224,7 @@ def eval_(
         prompts_per_category=limit,
     )
     source = resolve_model(model or "builtin")
-    from latentgen.request import GenerationRequest
-
-    GenerationRequest("x", steps=steps, guidance=guidance, sampler=sampler, karras=karras, seed=seed).resolve(
-        source
-    )
+    resolve_settings(cfg, source)  # usage errors before any weights load
     loaded = load_model(source, device=device, dtype=dtype)
     with _progress(0, quiet, unit="image") as bar:
         scores = run_eval(loaded, out, cfg, progress=bar.absolute)
