@@ -34,6 +34,7 @@ format: install
 
 bench: install  ## speed against diffusers' own pipeline; results in benchmarks/
 	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_batch.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist src/*.egg-info

@@ -18,6 +18,8 @@ from latentgen.metadata import png_info
 from latentgen.pipeline import GeneratedImage
 
 IMAGE_SUFFIX = ".png"
+TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
 DEFAULT_DIR = Path("outputs")
 
 
@@ -79,9 +81,14 @@ class OutputPlan:
 def save_png(gen: GeneratedImage, path: Path, *, overwrite: bool) -> Path:
     """Write ``gen`` as a PNG with its metadata to ``path``, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The writer's pid is in the name, so a later run can tell a dead writer's leftovers (kill -9)
+    # from a live writer's file in progress: see remove_stale_temps.
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent
+    )
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; an image is an ordinary file
         with os.fdopen(fd, "wb") as f:
             gen.image.save(f, format="PNG", pnginfo=png_info(gen))
             f.flush()
@@ -104,3 +111,34 @@ def save_png(gen: GeneratedImage, path: Path, *, overwrite: bool) -> Path:
         raise LatentgenError(f"could not write {path}: {exc.strerror or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete temp files under ``folder`` left by writers that no longer run. Returns how many."""
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for p in folder.rglob(f".*{TEMP_SUFFIX}"):
+        m = _TEMP_NAME.match(p.name)
+        if m and not _alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
