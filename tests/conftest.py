@@ -7,10 +7,14 @@ import shutil
 import sys
 
 import pytest
+import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Tiny models gain nothing from more threads, and a busy machine makes them far slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

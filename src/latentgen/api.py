@@ -8,6 +8,16 @@ for gen in pipe.generate(GenerationRequest("a cat wearing a hat", seed=1, num_im
     gen.image.save(...)                  # PIL image; gen.request / gen.model_hash: its metadata
 """
 
+from latentgen.edit import (
+    EditJob,
+    EditMode,
+    EditRequest,
+    edit_images,
+    img2img,
+    inpaint,
+    iter_edit,
+    prepare_edit,
+)
 from latentgen.errors import (
     LatentgenError,
     ModelLoadError,
@@ -22,6 +32,9 @@ from latentgen.request import GenerationRequest
 from latentgen.samplers import Sampler
 
 __all__ = [
+    "EditJob",
+    "EditMode",
+    "EditRequest",
     "GeneratedImage",
     "GenerationRequest",
     "Job",
@@ -36,6 +49,11 @@ __all__ = [
     "Settings",
     "UnsafeCheckpointError",
     "UsageError",
+    "edit_images",
+    "img2img",
+    "inpaint",
+    "iter_edit",
     "load_model",
+    "prepare_edit",
     "resolve_model",
 ]

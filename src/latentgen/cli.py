@@ -82,18 +82,25 @@ def generate(
     allow_download: Annotated[
         bool, typer.Option(help="Let a repo id be fetched from the Hugging Face hub.")
     ] = False,
+    init_image: Annotated[
+        Path | None, typer.Option(help="img2img: start from this image (the output has its size).")
+    ] = None,
+    strength: Annotated[
+        float | None, typer.Option(help="img2img: how far to move from --init-image, 0–1 (default 0.8).")
+    ] = None,
 ) -> None:
-    """Generate images from a text prompt."""
+    """Generate images from a text prompt (img2img with --init-image)."""
     from latentgen.api import GenerationRequest, load_model, resolve_model
-    from latentgen.metadata import read, record, request_of
+    from latentgen.edit import EditRequest, iter_edit, prepare_edit
+    from latentgen.metadata import edit_of, read, record, request_of
     from latentgen.outputs import OutputPlan
     from latentgen.pipeline import Pipeline
 
     _setup_logging(quiet)
-    base, replay_rec = None, None
+    base, replay_rec, edit = None, None, None
     if replay is not None:
         replay_rec = read(replay)
-        base = request_of(replay_rec)
+        base, edit = request_of(replay_rec), edit_of(replay_rec)
         model = model or replay_rec["model"]["name"]
         device = replay_rec["device"] if device == "auto" else device
         dtype = replay_rec["dtype"] if dtype == "auto" else dtype
@@ -104,6 +111,14 @@ def generate(
         raise UsageError('give a prompt, e.g. latentgen generate "a red circle" (or --replay IMAGE)')
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size} is invalid; use 1 or more")
+    if init_image is not None:
+        edit = EditRequest.img2img(init_image, strength)
+    elif strength is not None:
+        if edit is None:
+            raise UsageError("--strength is for img2img: give --init-image too")
+        edit = replace(edit, strength=strength)
+    if edit is not None and (width is not None or height is not None):
+        raise UsageError("--width/--height do not apply to img2img: the output has the source image's size")
 
     overrides = {
         "prompt": prompt,
@@ -122,7 +137,8 @@ def generate(
 
     # Everything the user typed is checked before any weights are read.
     source = resolve_model(model or "builtin", allow_download=allow_download)
-    request = request.resolve(source)
+    job = prepare_edit(request, edit, source) if edit else None  # also reads and checks the images
+    request = job.request if job else request.resolve(source)
     plan = OutputPlan(out, request.num_images, overwrite)
 
     loaded = load_model(source, device=device, dtype=dtype)
@@ -130,8 +146,103 @@ def generate(
         log.warning("model %s is not the one that made %s (its hash differs)", loaded.name, replay)
     pipe = Pipeline(loaded)
     batches = -(-request.num_images // batch_size)
-    with _progress(batches * request.steps, quiet) as bar:
-        for gen in pipe.iter_generate(request, batch_size=batch_size, progress=bar):
+    with _progress(batches * (job.steps if job else request.steps), quiet) as bar:
+        if job:
+            images = iter_edit(pipe, job, batch_size=batch_size, progress=bar)
+        else:
+            images = pipe.iter_generate(request, batch_size=batch_size, progress=bar)
+        for gen in images:
+            path = plan.write(gen)
+            if json_out:
+                print(json.dumps({"path": str(path), **record(gen)}, ensure_ascii=False), flush=True)
+            else:
+                print(path, flush=True)
+
+
+@app.command()
+def inpaint(
+    prompt: Annotated[str, typer.Argument(help="What to paint where the mask is white.")],
+    image: Annotated[Path, typer.Option("--image", "-i", help="The image to change.")],
+    mask: Annotated[
+        Path | None,
+        typer.Option(help="White = repaint, black = keep. Default: the image's transparent pixels."),
+    ] = None,
+    strength: Annotated[
+        float | None, typer.Option(help="How far to move from the image, 0–1 (default 1; outpaint 0.9).")
+    ] = None,
+    mask_blur: Annotated[int, typer.Option(help="Pixels of feathering where new meets kept.")] = 4,
+    invert_mask: Annotated[bool, typer.Option(help="Repaint the black part instead.")] = False,
+    expand: Annotated[
+        str | None, typer.Option(help="Outpaint: grow the canvas by LEFT,TOP,RIGHT,BOTTOM pixels.")
+    ] = None,
+    resize_mask: Annotated[bool, typer.Option(help="Resize a mask of another size to the image's.")] = False,
+    model: ModelOpt = None,
+    negative: Annotated[str | None, typer.Option("--negative", "-n", help="What to steer away from.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps (default: the model's).")] = None,
+    guidance: Annotated[
+        float | None, typer.Option(help="Classifier-free guidance; ≤ 1 turns it off.")
+    ] = None,
+    sampler: Annotated[str | None, typer.Option(help="ddim, dpm-solver, euler, euler-a, unipc.")] = None,
+    karras: Annotated[bool | None, typer.Option("--karras/--no-karras", help="Karras sigmas.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of image 0; image i uses seed+i. Default: random.")
+    ] = None,
+    num_images: Annotated[int | None, typer.Option("--num-images", "-N", help="How many images.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per U-Net batch.")] = 1,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="A .png file for one image, else a folder.")
+    ] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing files.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print a JSON record per image on stdout.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
+    allow_download: Annotated[
+        bool, typer.Option(help="Let a repo id be fetched from the Hugging Face hub.")
+    ] = False,
+) -> None:
+    """Repaint part of an image (inpaint), or grow it and paint the new border (outpaint, --expand)."""
+    from latentgen.api import GenerationRequest, load_model, resolve_model
+    from latentgen.edit import EditRequest, iter_edit, parse_expand, prepare_edit
+    from latentgen.metadata import record
+    from latentgen.outputs import OutputPlan
+    from latentgen.pipeline import Pipeline
+
+    _setup_logging(quiet)
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size} is invalid; use 1 or more")
+    fields = {
+        "prompt": prompt,
+        "negative_prompt": negative,
+        "steps": steps,
+        "guidance": guidance,
+        "sampler": sampler,
+        "karras": karras,
+        "seed": seed,
+        "num_images": num_images,
+    }
+    request = GenerationRequest.from_dict({k: v for k, v in fields.items() if v is not None})
+    edit = EditRequest.inpaint(
+        image,
+        mask,
+        strength=strength,
+        mask_blur=mask_blur,
+        invert_mask=invert_mask,
+        expand=parse_expand(expand) if expand is not None else (0, 0, 0, 0),
+        resize_mask=resize_mask,
+    )
+
+    # Everything the user gave, images included, is checked before any weights are read.
+    source = resolve_model(model or "builtin", allow_download=allow_download)
+    job = prepare_edit(request, edit, source)
+    plan = OutputPlan(out, job.request.num_images, overwrite)
+
+    pipe = Pipeline(load_model(source, device=device, dtype=dtype))
+    batches = -(-job.request.num_images // batch_size)
+    with _progress(batches * job.steps, quiet) as bar:
+        for gen in iter_edit(pipe, job, batch_size=batch_size, progress=bar):
             path = plan.write(gen)
             if json_out:
                 print(json.dumps({"path": str(path), **record(gen)}, ensure_ascii=False), flush=True)
@@ -187,6 +298,179 @@ def info(
                 print(f"{k}: {' '.join(v) if isinstance(v, list) else v}")
 
 
+@app.command()
+def batch(
+    prompt_file: Annotated[
+        Path, typer.Argument(help=".txt (a prompt a line), .jsonl or .csv with per-line fields.")
+    ],
+    model: ModelOpt = None,
+    negative: Annotated[str | None, typer.Option("--negative", "-n", help="Default negative prompt.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Default sampler steps.")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Default guidance.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="Default sampler.")] = None,
+    karras: Annotated[bool, typer.Option("--karras/--no-karras", help="Karras sigmas.")] = False,
+    seed: Annotated[int, typer.Option(help="Default seed of each line's image 0 (image i: seed+i).")] = 0,
+    width: Annotated[int | None, typer.Option(help="Default width.")] = None,
+    height: Annotated[int | None, typer.Option(help="Default height.")] = None,
+    num_images: Annotated[int, typer.Option("--num-images", "-N", help="Default images per line.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Images per U-Net batch.")] = 8,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default outputs/FILE-STEM).")
+    ] = None,
+    layout: Annotated[str, typer.Option(help="flat, or geneval (<out>/00000/samples/0000.png).")] = "flat",
+    grid: Annotated[bool, typer.Option(help="Also write a contact sheet, grid.png.")] = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace files from a different request.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="A JSON record per image on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Generate images for every line of a prompt file; run again to resume where it stopped."""
+    from latentgen import batch as b
+    from latentgen.devices import dtype_name, resolve_device, resolve_dtype
+    from latentgen.loader import load_model, model_hash, resolve_model
+    from latentgen.outputs import remove_stale_temps
+    from latentgen.pipeline import Pipeline
+    from latentgen.prompts_file import read_prompt_file
+
+    _setup_logging(quiet)
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size} is invalid; use 1 or more")
+    lines, line_errors = read_prompt_file(prompt_file)
+    rank, world, group_device = _process_group()
+    defaults = {"seed": seed, "num_images": num_images, "karras": karras}
+    for key, value in (
+        ("negative", negative),
+        ("steps", steps),
+        ("guidance", guidance),
+        ("sampler", sampler),
+    ):
+        if value is not None:
+            defaults[key] = value
+    defaults.update({k: v for k, v in (("width", width), ("height", height)) if v is not None})
+    source = resolve_model(model or "builtin")
+    torch_device = group_device or resolve_device(device)
+    dtype_label = dtype_name(resolve_dtype(dtype, torch_device))
+    items, plan_errors = b.plan(lines, defaults, source, model_hash(source.path), dtype_label, layout)
+    for err in sorted(line_errors + plan_errors, key=lambda e: e.line):
+        log.warning("%s %s", prompt_file, err)
+    mine = [it for it in items if it.line.index % world == rank]
+
+    out_dir = out if out is not None else Path("outputs") / prompt_file.stem
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir)
+    shard = b.ManifestShard(out_dir / b.shard_name(rank, world))
+    summary = b.Summary(total=len(mine), bad_lines=len(line_errors) + len(plan_errors))
+    try:
+        todo, summary.skipped = b.pending(mine, out_dir, shard)
+        if layout == "geneval":
+            b.write_geneval_metadata(mine, out_dir)
+        if todo:
+            loaded = load_model(source, device=str(torch_device), dtype=dtype)
+            with _progress(len(todo), quiet, unit="img") as bar, _stop_after_batch() as stop:
+                b.run(
+                    Pipeline(loaded),
+                    todo,
+                    out_dir,
+                    shard,
+                    batch_size=batch_size,
+                    overwrite=overwrite,
+                    on_image=_batch_reporter(bar, json_out, len(todo)),
+                    should_stop=stop.is_set,
+                    summary=summary,
+                )
+    finally:
+        shard.close()
+    if grid and world > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+    if grid and rank == 0:
+        sheet = b.grid(items, out_dir)
+        if sheet is not None:
+            sheet.save(out_dir / "grid.png")
+    if summary.failed or summary.bad_lines:
+        log.warning(summary.describe())
+    else:
+        log.info(summary.describe())
+    if summary.interrupted:
+        raise typer.Exit(130)
+    if summary.failed or summary.bad_lines:
+        raise typer.Exit(1)
+
+
+def _process_group():
+    """(rank, world size, device) under accelerate launch / torchrun; (0, 1, None) otherwise."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, None
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.process_index, state.num_processes, state.device
+
+
+def _batch_reporter(bar, json_out: bool, total: int):
+    """Called per written image: stdout gets the path (or a JSON record); plain progress logs when no bar."""
+    import time
+
+    start, last, count = time.perf_counter(), [0.0], [0]
+
+    def report(item, path) -> None:
+        count[0] += 1
+        if json_out:
+            print(json.dumps({"path": str(path), **_manifest_view(item)}, ensure_ascii=False), flush=True)
+        else:
+            print(path, flush=True)
+        if bar.bar is not None:
+            bar.bar.update(1)
+            return
+        now = time.perf_counter()
+        if now - last[0] >= 10 or count[0] == total:
+            last[0] = now
+            rate = count[0] / max(now - start, 1e-9)
+            log.info(
+                "%d/%d images, %.2f images/s, ETA %.0f s", count[0], total, rate, (total - count[0]) / rate
+            )
+
+    return report
+
+
+def _manifest_view(item) -> dict:
+    return {"key": item.key, "line": item.line.line, "image": item.image, "request": item.request.to_dict()}
+
+
+class _stop_after_batch:
+    """First Ctrl-C: finish the current batch, then stop (exit 130). Second Ctrl-C: stop at once."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.event = threading.Event()
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self.event
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.event.set()
+        log.warning("stopping after the current batch (Ctrl-C again to stop now)")
+        signal.signal(signal.SIGINT, self._handle)
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 @app.command("eval")
 def eval_(
     model: ModelOpt = None,
@@ -235,6 +519,100 @@ def eval_(
             print(f"{cat:14s} {v:.3f}")
         print(f"{'overall':14s} {scores['overall']:.3f}")
         print(f"({scores['images']} images, {scores['seconds_per_image']:.3f} s/image; written to {out})")
+
+
+train_app = typer.Typer(
+    no_args_is_help=True,
+    help="Train a model in two resumable stages (VAE, then U-Net + text encoder), then export it.",
+)
+app.add_typer(train_app, name="train")
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override any config field: --set max_steps=500 (repeatable)."),
+]
+
+
+def _train_config(cls, run: Path, data: str | None, steps: int | None, threads: int | None, sets, **extra):
+    """A stage's config from its defaults, the common options and ``--set key=value`` overrides."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {"run_dir": str(run), **extra}
+    for key, value in (("data", data), ("max_steps", steps), ("threads", threads)):
+        if value is not None:
+            values[key] = value
+    for item in sets or []:
+        key, sep, text = item.partition("=")
+        if not sep or key not in fields:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE with KEY one of: {', '.join(fields)}")
+        default = fields[key].default
+        try:
+            if isinstance(default, bool):
+                values[key] = text.lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, tuple):
+                values[key] = tuple(int(x) for x in text.split(","))
+            else:
+                values[key] = type(default)(text)
+        except ValueError:
+            raise UsageError(f"--set {item!r}: {text!r} is not a valid {type(default).__name__}") from None
+    return cls(**values)
+
+
+@train_app.command("vae")
+def train_vae_cmd(
+    run: Annotated[Path, typer.Option(help="Run folder: checkpoints, log; rerun to resume.")] = Path(
+        "runs/vae"
+    ),
+    data: Annotated[str | None, typer.Option(help="'world' or a folder of NAME.png + NAME.txt.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Total training steps.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Stage 1: the VAE (reconstruction + KL); reports held-out PSNR."""
+    from latentgen.train import VAETrainConfig, train_vae
+
+    _setup_logging(quiet=False)
+    print(train_vae(_train_config(VAETrainConfig, run, data, steps, threads, set_)))
+
+
+@train_app.command("unet")
+def train_unet_cmd(
+    run: Annotated[Path, typer.Option(help="Run folder: checkpoints, log; rerun to resume.")] = Path(
+        "runs/unet"
+    ),
+    vae: Annotated[Path, typer.Option(help="A finished VAE run folder (or a diffusers VAE folder).")] = Path(
+        "runs/vae"
+    ),
+    data: Annotated[str | None, typer.Option(help="'world' or a folder of NAME.png + NAME.txt.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Total training steps.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Stage 2: the U-Net and the CLIP text encoder, on latents from the trained VAE."""
+    from latentgen.train import UNetTrainConfig, train_unet
+
+    _setup_logging(quiet=False)
+    print(train_unet(_train_config(UNetTrainConfig, run, data, steps, threads, set_, vae=str(vae))))
+
+
+@train_app.command("export")
+def train_export_cmd(
+    run: Annotated[Path, typer.Option(help="A U-Net run folder.")] = Path("runs/unet"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="The diffusers folder to write.")] = Path("model"),
+    steps: Annotated[int, typer.Option(help="Default sampler steps written into the model.")] = 20,
+    guidance: Annotated[float, typer.Option(help="Default guidance written into the model.")] = 5.0,
+    sampler: Annotated[str, typer.Option(help="Default sampler written into the model.")] = "dpm-solver",
+    family: Annotated[str | None, typer.Option(help="Family name recorded in latentgen.json.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Export the EMA weights of a U-Net run as a diffusers folder (fp16 safetensors)."""
+    from latentgen.train import export_model
+
+    _setup_logging(quiet=False)
+    out_dir = export_model(
+        run, out, steps=steps, guidance=guidance, sampler=sampler, family=family, overwrite=overwrite
+    )
+    print(out_dir)
 
 
 class _progress:

@@ -23,6 +23,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from latentgen.edit import EditMode, EditRequest
 from latentgen.errors import UsageError
 from latentgen.pipeline import GeneratedImage
 from latentgen.request import GenerationRequest
@@ -53,6 +54,8 @@ def record(gen: GeneratedImage) -> dict[str, Any]:
         "device": gen.device,
         "versions": versions(),
         "notes": list(gen.notes),
+        **({"edit": gen.edit.to_dict()} if gen.edit else {}),
+        **gen.extra,
     }
 
 
@@ -70,8 +73,12 @@ def a1111_parameters(gen: GeneratedImage) -> str:
         ("Size", f"{r.width}x{r.height}"),
         ("Model hash", gen.model_hash[:10]),
         ("Model", _a1111_value(Path(gen.model_name).name or gen.model_name)),
-        ("Version", f"latentgen {versions()['latentgen']}"),
     ]
+    if gen.edit is not None:
+        fields.append(("Denoising strength", f"{gen.edit.strength:g}"))
+        if gen.edit.mode is EditMode.INPAINT:
+            fields.append(("Mask blur", gen.edit.mask_blur))
+    fields.append(("Version", f"latentgen {versions()['latentgen']}"))
     lines.append(", ".join(f"{k}: {v}" for k, v in fields))
     return "\n".join(lines)
 
@@ -97,6 +104,7 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
     try:
         rec = json.loads(text[CHUNK])
         GenerationRequest.from_dict(rec["request"])
+        edit_of(rec)
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{path} has corrupt latentgen metadata ({exc})") from None
     rec["parameters"] = text.get("parameters", "")
@@ -117,3 +125,8 @@ def read_text_chunks(path: str | os.PathLike) -> dict[str, str]:
 
 def request_of(rec: dict[str, Any]) -> GenerationRequest:
     return GenerationRequest.from_dict(rec["request"])
+
+
+def edit_of(rec: dict[str, Any]) -> EditRequest | None:
+    """The img2img / inpainting part of a record (source image, mask, strength), if it has one."""
+    return EditRequest.from_dict(rec["edit"]) if rec.get("edit") is not None else None

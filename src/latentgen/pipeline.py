@@ -14,17 +14,21 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
 from latentgen.devices import dtype_name
-from latentgen.errors import NonFiniteError
+from latentgen.errors import NonFiniteError, UsageError
 from latentgen.loader import Model
 from latentgen.request import GenerationRequest
 from latentgen.samplers import Sampler, build_scheduler, is_stochastic
+
+if TYPE_CHECKING:
+    from latentgen.edit import EditRequest
 
 log = logging.getLogger("latentgen")
 
@@ -70,11 +74,18 @@ class GeneratedImage:
     dtype: str
     device: str
     notes: tuple[str, ...] = ()  # things that happened on the way, e.g. "decoded in fp32 after NaN"
+    edit: EditRequest | None = None  # img2img / inpainting: the source image, mask and strength
+    extra: dict = field(default_factory=dict)  # more for the metadata record, e.g. a batch's key
 
 
-# Hooks for img2img and inpainting. ``start`` turns the seeded noise into the starting latents and
-# may shorten the timestep schedule; ``after_step`` may rewrite the latents after each step.
+# Hooks for img2img and inpainting. ``before_noise`` gets the per-image CPU generators before the
+# noise is drawn from them (img2img samples its VAE encoding from them first, as diffusers does);
+# ``start`` turns the seeded noise into the starting latents and may shorten the timestep schedule;
+# ``unet_input`` may add channels to the scaled U-Net input (9-channel inpainting U-Nets);
+# ``after_step`` may rewrite the latents after each step.
+BeforeNoiseFn = Callable[[list[torch.Generator]], None]
 StartFn = Callable[[torch.Tensor, object, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+UNetInputFn = Callable[[torch.Tensor], torch.Tensor]
 AfterStepFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -99,6 +110,12 @@ class Pipeline:
         """Yield the images of ``request`` as each U-Net batch of up to ``batch_size`` finishes."""
         # 1. Validate (and fill defaults from the model).
         req = request.resolve(self.model.source)
+        unet_channels = self.model.unet.config.in_channels
+        if unet_channels != self.model.vae.config.latent_channels:
+            raise UsageError(
+                f"model {self.model.name} is an inpainting model (its U-Net takes {unet_channels} input "
+                "channels); use it with `latentgen inpaint`"
+            )
         self.warn_about_prompt(req.prompt)
         settings = Settings.of(req)
         jobs = [Job(req.prompt, req.negative_prompt, req.seed + i) for i in range(req.num_images)]
@@ -116,6 +133,8 @@ class Pipeline:
         progress: ProgressFn | None = None,
         start: StartFn | None = None,
         after_step: AfterStepFn | None = None,
+        before_noise: BeforeNoiseFn | None = None,
+        unet_input: UNetInputFn | None = None,
     ) -> tuple[list[Image.Image], tuple[str, ...]]:
         """Run one U-Net batch: every job shares ``settings``. Returns PIL images and notes."""
         m = self.model
@@ -132,6 +151,8 @@ class Pipeline:
 
             # 5. Seeded noise: one CPU generator per image, so a batch equals its singles.
             generators = [torch.Generator("cpu").manual_seed(j.seed) for j in jobs]
+            if before_noise is not None:
+                before_noise(generators)
             noise = self._noise(generators, settings)  # [B, C, h, w]
             if start is None:
                 latents = noise * scheduler.init_noise_sigma
@@ -144,6 +165,8 @@ class Pipeline:
             for i, t in enumerate(timesteps):
                 model_in = torch.cat([latents, latents]) if do_cfg else latents
                 model_in = scheduler.scale_model_input(model_in, t)
+                if unet_input is not None:
+                    model_in = unet_input(model_in)
                 eps = m.unet(model_in, t, encoder_hidden_states=text_emb, return_dict=False)[0]
                 if do_cfg:
                     eps_uncond, eps_cond = eps.chunk(2)
@@ -251,12 +274,12 @@ class Pipeline:
     def _noise(self, generators: list[torch.Generator], s: Settings) -> torch.Tensor:
         m = self.model
         f = m.source.vae_scale_factor
-        shape = (1, m.unet.config.in_channels, s.height // f, s.width // f)
+        shape = (1, m.vae.config.latent_channels, s.height // f, s.width // f)
         # Drawn on the CPU in the model dtype, exactly as diffusers' randn_tensor does.
         noise = [torch.randn(shape, generator=g, device="cpu", dtype=m.dtype) for g in generators]
         return torch.cat(noise).to(m.device)
 
-    def _wrap(self, image, req, index, notes) -> GeneratedImage:
+    def _wrap(self, image, req, index, notes, edit=None) -> GeneratedImage:
         m = self.model
         return GeneratedImage(
             image=image,
@@ -268,6 +291,7 @@ class Pipeline:
             dtype=dtype_name(m.dtype),
             device=str(m.device),
             notes=notes,
+            edit=edit,
         )
 
 

@@ -94,8 +94,13 @@ SPECS = {
 }
 
 
-def build_components(spec: str = "tiny", seed: int = 0, tokenizer_dir: str | Path | None = None):
-    """Return ``(unet, vae, text_encoder, tokenizer, scheduler_config)`` built under ``seed``."""
+def build_components(
+    spec: str = "tiny", seed: int = 0, tokenizer_dir: str | Path | None = None, unet_in_channels: int = 4
+):
+    """Return ``(unet, vae, text_encoder, tokenizer, scheduler_config)`` built under ``seed``.
+
+    ``unet_in_channels=9`` builds an inpainting U-Net (latents, mask, masked-image latents).
+    """
     import tempfile
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -107,7 +112,7 @@ def build_components(spec: str = "tiny", seed: int = 0, tokenizer_dir: str | Pat
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=s.sample_size,
-        in_channels=4,
+        in_channels=unet_in_channels,
         out_channels=4,
         block_out_channels=s.unet_channels,
         layers_per_block=1,
@@ -152,10 +157,12 @@ def build_components(spec: str = "tiny", seed: int = 0, tokenizer_dir: str | Pat
     return unet, vae, text_encoder, tok, dict(SD_SCHEDULER)
 
 
-def write_model(out_dir: str | Path, spec: str = "tiny", seed: int = 0) -> Path:
+def write_model(out_dir: str | Path, spec: str = "tiny", seed: int = 0, unet_in_channels: int = 4) -> Path:
     """Build a model (see :func:`build_components`) and save it in diffusers layout at ``out_dir``."""
     out = Path(out_dir)
-    unet, vae, text_encoder, _tok, sched = build_components(spec, seed, tokenizer_dir=out / "tokenizer")
+    unet, vae, text_encoder, _tok, sched = build_components(
+        spec, seed, tokenizer_dir=out / "tokenizer", unet_in_channels=unet_in_channels
+    )
     save_diffusers_folder(out, unet=unet, vae=vae, text_encoder=text_encoder, scheduler_config=sched)
     return out
 
