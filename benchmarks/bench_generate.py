@@ -59,7 +59,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--model", default=None, help="default: builtin if installed, else the small random model")
+    ap.add_argument(
+        "--model", default=None, help="default: builtin if installed, else the small random model"
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="latentgen-bench-"))
@@ -77,7 +79,9 @@ def main() -> None:
     steps, guidance = args.steps, 7.5
 
     def run_ours(n: int):
-        req = GenerationRequest(PROMPT, steps=steps, guidance=guidance, sampler=Sampler.DPM_SOLVER, seed=0, num_images=n)
+        req = GenerationRequest(
+            PROMPT, steps=steps, guidance=guidance, sampler=Sampler.DPM_SOLVER, seed=0, num_images=n
+        )
         ours.generate(req, batch_size=n)
 
     def run_theirs(n: int):
@@ -109,7 +113,9 @@ def main() -> None:
     walls = []
     for i in range(args.repeats):
         out = tmp / f"cli-{i}.png"
-        walls.append(timed(lambda out=out: subprocess.run([*cli, "--seed", "0", "--out", str(out), "-q"], check=True)))
+        walls.append(
+            timed(lambda out=out: subprocess.run([*cli, "--seed", "0", "--out", str(out), "-q"], check=True))
+        )
     import_s = timed(lambda: subprocess.run([sys.executable, "-c", "import latentgen.api"], check=True))
 
     report = {
