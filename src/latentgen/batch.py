@@ -27,11 +27,10 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from latentgen.devices import dtype_name
 from latentgen.errors import LatentgenError, OutputExistsError, UsageError
 from latentgen.metadata import read_text_chunks
 from latentgen.outputs import IMAGE_SUFFIX, save_png, slug
-from latentgen.pipeline import GeneratedImage, Job, Pipeline, Settings
+from latentgen.pipeline import Job, Pipeline, Settings
 from latentgen.prompts_file import LineError, PromptLine
 from latentgen.request import GenerationRequest
 
@@ -237,19 +236,8 @@ def run(
 
 
 def _write(pipe, item, image, notes, out, shard, overwrite, summary, on_image) -> None:
-    m = pipe.model
-    gen = GeneratedImage(
-        image=image,
-        request=item.request,
-        index=item.image,
-        model_name=m.name,
-        model_hash=m.content_hash,
-        model_family=m.source.family,
-        dtype=dtype_name(m.dtype),
-        device=str(m.device),
-        notes=notes,
-        extra={"batch": {"key": item.key, "line": item.line.line, **_geneval(item)}},
-    )
+    extra = {"batch": {"key": item.key, "line": item.line.line, **_geneval(item)}}
+    gen = pipe.wrap(image, item.request, item.image, notes, extra=extra)
     path = out / item.path
     try:
         save_png(gen, path, overwrite=overwrite)

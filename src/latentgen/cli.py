@@ -46,42 +46,47 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16")]
+NegativeOpt = Annotated[str | None, typer.Option("--negative", "-n", help="What to steer away from.")]
+StepsOpt = Annotated[int | None, typer.Option(help="Sampler steps (default: the model's).")]
+GuidanceOpt = Annotated[float | None, typer.Option(help="Classifier-free guidance; ≤ 1 turns it off.")]
+SamplerOpt = Annotated[str | None, typer.Option(help="ddim, dpm-solver, euler, euler-a, unipc.")]
+KarrasOpt = Annotated[bool | None, typer.Option("--karras/--no-karras", help="Karras sigmas.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Seed of image 0; image i uses seed+i. Default: random.")]
+NumImagesOpt = Annotated[int | None, typer.Option("--num-images", "-N", help="How many images.")]
+BatchSizeOpt = Annotated[int, typer.Option(help="Images per U-Net batch.")]
+OutFileOpt = Annotated[
+    Path | None, typer.Option("--out", "-o", help="A .png file for one image, else a folder.")
+]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace existing files.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON record per image on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
+DownloadOpt = Annotated[bool, typer.Option(help="Let a repo id be fetched from the Hugging Face hub.")]
 
 
 @app.command()
 def generate(
     prompt: Annotated[str | None, typer.Argument(help="What to draw.")] = None,
     model: ModelOpt = None,
-    negative: Annotated[str | None, typer.Option("--negative", "-n", help="What to steer away from.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Sampler steps (default: the model's).")] = None,
-    guidance: Annotated[
-        float | None, typer.Option(help="Classifier-free guidance; ≤ 1 turns it off.")
-    ] = None,
-    sampler: Annotated[str | None, typer.Option(help="ddim, dpm-solver, euler, euler-a, unipc.")] = None,
-    karras: Annotated[bool | None, typer.Option("--karras/--no-karras", help="Karras sigmas.")] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Seed of image 0; image i uses seed+i. Default: random.")
-    ] = None,
+    negative: NegativeOpt = None,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    sampler: SamplerOpt = None,
+    karras: KarrasOpt = None,
+    seed: SeedOpt = None,
     width: Annotated[int | None, typer.Option(help="Pixels (default: the model's).")] = None,
     height: Annotated[int | None, typer.Option(help="Pixels (default: the model's).")] = None,
-    num_images: Annotated[int | None, typer.Option("--num-images", "-N", help="How many images.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per U-Net batch.")] = 1,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="A .png file for one image, else a folder.")
-    ] = None,
+    num_images: NumImagesOpt = None,
+    batch_size: BatchSizeOpt = 1,
+    out: OutFileOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Replace existing files.")] = False,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print a JSON record per image on stdout.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
     replay: Annotated[
         Path | None, typer.Option(help="Regenerate the image this PNG's metadata describes.")
     ] = None,
-    allow_download: Annotated[
-        bool, typer.Option(help="Let a repo id be fetched from the Hugging Face hub.")
-    ] = False,
+    allow_download: DownloadOpt = False,
     init_image: Annotated[
         Path | None, typer.Option(help="img2img: start from this image (the output has its size).")
     ] = None,
@@ -177,31 +182,21 @@ def inpaint(
     ] = None,
     resize_mask: Annotated[bool, typer.Option(help="Resize a mask of another size to the image's.")] = False,
     model: ModelOpt = None,
-    negative: Annotated[str | None, typer.Option("--negative", "-n", help="What to steer away from.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Sampler steps (default: the model's).")] = None,
-    guidance: Annotated[
-        float | None, typer.Option(help="Classifier-free guidance; ≤ 1 turns it off.")
-    ] = None,
-    sampler: Annotated[str | None, typer.Option(help="ddim, dpm-solver, euler, euler-a, unipc.")] = None,
-    karras: Annotated[bool | None, typer.Option("--karras/--no-karras", help="Karras sigmas.")] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Seed of image 0; image i uses seed+i. Default: random.")
-    ] = None,
-    num_images: Annotated[int | None, typer.Option("--num-images", "-N", help="How many images.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per U-Net batch.")] = 1,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="A .png file for one image, else a folder.")
-    ] = None,
+    negative: NegativeOpt = None,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    sampler: SamplerOpt = None,
+    karras: KarrasOpt = None,
+    seed: SeedOpt = None,
+    num_images: NumImagesOpt = None,
+    batch_size: BatchSizeOpt = 1,
+    out: OutFileOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Replace existing files.")] = False,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print a JSON record per image on stdout.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
-    allow_download: Annotated[
-        bool, typer.Option(help="Let a repo id be fetched from the Hugging Face hub.")
-    ] = False,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    allow_download: DownloadOpt = False,
 ) -> None:
     """Repaint part of an image (inpaint), or grow it and paint the new border (outpaint, --expand)."""
     from latentgen.api import GenerationRequest, load_model, resolve_model
@@ -478,9 +473,9 @@ def eval_(
         Path, typer.Option("--out", "-o", help="Folder for images (GenEval layout) and scores.")
     ] = Path("eval"),
     images_per_prompt: Annotated[int, typer.Option("--images", "-N", help="Images per prompt.")] = 4,
-    steps: Annotated[int | None, typer.Option(help="Sampler steps (default: the model's).")] = None,
+    steps: StepsOpt = None,
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance.")] = None,
-    sampler: Annotated[str | None, typer.Option(help="ddim, dpm-solver, euler, euler-a, unipc.")] = None,
+    sampler: SamplerOpt = None,
     karras: Annotated[bool, typer.Option("--karras/--no-karras", help="Karras sigmas.")] = False,
     seed: Annotated[int, typer.Option(help="Image j of every prompt uses seed + j.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per U-Net batch.")] = 32,

@@ -415,7 +415,7 @@ def iter_edit(
             if keep is not None:
                 image = composite(image, original, keep)
             single = replace(req, seed=j.seed, num_images=1)
-            yield pipe._wrap(image, single, first + offset, job.notes + notes, edit=edit)
+            yield pipe.wrap(image, single, first + offset, job.notes + notes, edit=edit)
 
 
 def edit_images(

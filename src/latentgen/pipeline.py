@@ -123,7 +123,7 @@ class Pipeline:
             chunk = jobs[start : start + batch_size]
             images, notes = self.sample(chunk, settings, progress=progress)
             for offset, (job, image) in enumerate(zip(chunk, images, strict=True)):
-                yield self._wrap(image, replace(req, seed=job.seed, num_images=1), start + offset, notes)
+                yield self.wrap(image, replace(req, seed=job.seed, num_images=1), start + offset, notes)
 
     def sample(
         self,
@@ -279,7 +279,8 @@ class Pipeline:
         noise = [torch.randn(shape, generator=g, device="cpu", dtype=m.dtype) for g in generators]
         return torch.cat(noise).to(m.device)
 
-    def _wrap(self, image, req, index, notes, edit=None) -> GeneratedImage:
+    def wrap(self, image, req, index, notes, edit=None, extra=None) -> GeneratedImage:
+        """A finished image with this pipeline's model facts, ready for metadata and writing."""
         m = self.model
         return GeneratedImage(
             image=image,
@@ -292,6 +293,7 @@ class Pipeline:
             device=str(m.device),
             notes=notes,
             edit=edit,
+            extra=extra or {},
         )
 
 
