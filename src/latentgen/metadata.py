@@ -14,6 +14,7 @@ Two PNG text chunks:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -33,6 +34,7 @@ FORMAT_VERSION = 1
 CHUNK = "latentgen"
 
 
+@functools.cache
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("latentgen", "torch", "diffusers", "transformers"):
@@ -52,7 +54,7 @@ def record(gen: GeneratedImage) -> dict[str, Any]:
         "model": {"name": gen.model_name, "hash": gen.model_hash, "family": gen.model_family},
         "dtype": gen.dtype,
         "device": gen.device,
-        "versions": versions(),
+        "versions": dict(versions()),
         "notes": list(gen.notes),
         **({"edit": gen.edit.to_dict()} if gen.edit else {}),
         **gen.extra,
