@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PROMPT ?= a cat wearing a hat
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-all lint format bench clean
+.PHONY: install run test test-all lint format bench train-builtin clean
 
 install: $(STAMP)
 
@@ -35,6 +35,9 @@ format: install
 bench: install  ## speed against diffusers' own pipeline; results in benchmarks/
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_batch.py
+
+train-builtin: install  ## train the built-in model from nothing (hours on 2 cores; resumable)
+	scripts/train-builtin
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist src/*.egg-info

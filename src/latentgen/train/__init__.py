@@ -1,0 +1,27 @@
+"""Training for latentgen's latent diffusion models: two resumable, seeded stages and an export.
+
+    from latentgen.train import VAETrainConfig, UNetTrainConfig, train_vae, train_unet, export_model
+
+    train_vae(VAETrainConfig(run_dir="runs/vae"))                        # 1. the VAE
+    train_unet(UNetTrainConfig(run_dir="runs/unet", vae="runs/vae"))     # 2. U-Net + text encoder
+    export_model("runs/unet", "out/model")                               # 3. diffusers folder, fp16
+
+Each stage resumes from its run folder's last checkpoint when called again with the same config, and
+reaches the same weights bit for bit. Ctrl-C (or SIGTERM) checkpoints after the current step and
+raises ``KeyboardInterrupt``. Data is ``"world"`` (the built-in renderer) or a folder of
+``name.png`` + ``name.txt`` pairs (one caption per line).
+
+The configs' defaults are the built-in model's recipe (64×64 images):
+
+- VAE: ``AutoencoderKL``, factor 8 (64×64×3 → 8×8×4), 3.9M parameters; batch 32, 3,000 steps.
+- U-Net: 12.2M parameters on 8×8 latents, cross-attention at every level plus the pooled text in
+  the timestep embedding; CLIP text encoder (256 wide, 4 layers, 32 tokens) from scratch, 3.3M;
+  v-prediction; batch 32, 20,000 steps; EMA.
+- Export: about 39 MB in fp16.
+"""
+
+from latentgen.train.export import export_model
+from latentgen.train.unet import UNetTrainConfig, train_unet
+from latentgen.train.vae import VAETrainConfig, train_vae
+
+__all__ = ["UNetTrainConfig", "VAETrainConfig", "export_model", "train_unet", "train_vae"]

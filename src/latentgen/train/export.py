@@ -1,0 +1,136 @@
+"""Export a trained U-Net run as a diffusers model folder that any Stable Diffusion loader reads::
+
+    model_index.json       StableDiffusionPipeline: unet, vae, text_encoder, tokenizer, scheduler
+    unet/ vae/ text_encoder/   save_pretrained, fp16 safetensors (the U-Net and text encoder use EMA)
+    tokenizer/             the run's CLIPTokenizer
+    scheduler/             the training noise schedule + latentgen_default_{steps,guidance,sampler}
+    latentgen.json         vocabulary (the words that are one token each), family, training summary
+
+The folder is written beside ``out_dir`` and renamed into place, so it is never seen half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from latentgen.errors import OutputExistsError, UsageError
+from latentgen.train.run import config_from_json, load_checkpoint, restore
+from latentgen.train.unet import UNetTrainConfig, build_text_encoder, build_unet, noise_schedule_config
+
+log = logging.getLogger("latentgen.train")
+
+
+def export_model(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    steps: int = 20,  # latentgen_default_steps
+    guidance: float = 5.0,  # latentgen_default_guidance
+    sampler: str = "dpm-solver",  # latentgen_default_sampler: a latentgen.samplers.Sampler value
+    family: str | None = None,  # written to latentgen.json, e.g. "builtin"
+    overwrite: bool = False,
+) -> Path:
+    """Write the EMA weights of the U-Net run in ``run_dir`` as a diffusers folder ``out_dir``."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTokenizer
+
+    from latentgen.samplers import Sampler, build_scheduler
+
+    run, out = Path(run_dir), Path(out_dir)
+    ckpt = load_checkpoint(run)
+    if ckpt is None or not (run / "tokenizer").is_dir():
+        raise UsageError(f"{run} is not a U-Net training run (no checkpoint/ and tokenizer/)")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; choose another folder or pass overwrite")
+    sampler_name = Sampler.parse(sampler)
+    cfg = config_from_json(UNetTrainConfig, ckpt.config)
+    if ckpt.step < cfg.max_steps:
+        log.warning("exporting %s at step %d of %d: training is not finished", run, ckpt.step, cfg.max_steps)
+
+    # 1. rebuild the models from the run's config, load the trained weights, then the EMA over them
+    tokenizer = CLIPTokenizer.from_pretrained(run / "tokenizer")
+    vae = AutoencoderKL.from_pretrained(run / "vae", use_safetensors=True)
+    latent_size = cfg.resolution // 2 ** (len(vae.config.block_out_channels) - 1)
+    modules = {
+        "unet": build_unet(cfg, vae.config.latent_channels, latent_size),
+        "text_encoder": build_text_encoder(cfg, tokenizer),
+    }
+    restore(ckpt, modules)
+    with torch.no_grad():
+        for name, module in modules.items():
+            for k, p in module.named_parameters():
+                p.copy_(ckpt.tensors[f"ema.{name}.{k}"])
+
+    # 2. write everything into a temporary folder beside out_dir
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with _quiet_progress_bars():
+        for name, module in (*modules.items(), ("vae", vae)):
+            # .half() rather than .to(float16): diffusers' .to() warns about fp32 modules even when none
+            module.half().save_pretrained(tmp / name, safe_serialization=True)
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    scheduler = build_scheduler(sampler_name, False, noise_schedule_config(cfg))
+    scheduler.register_to_config(
+        latentgen_default_steps=steps,
+        latentgen_default_guidance=guidance,
+        latentgen_default_sampler=sampler_name.value,
+    )
+    scheduler.save_config(tmp / "scheduler")
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": _diffusers_version(),
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", type(scheduler).__name__],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+    }
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    vocabulary_file = run / "vocabulary.json"
+    vocabulary = json.loads(vocabulary_file.read_text(encoding="utf-8")) if vocabulary_file.is_file() else []
+    extra = {
+        **({"family": family} if family else {}),
+        "vocabulary": vocabulary,
+        "training": {"steps": ckpt.step, "data": cfg.data, "num_images": cfg.num_images},
+    }
+    (tmp / "latentgen.json").write_text(json.dumps(extra, indent=1) + "\n", encoding="utf-8")
+
+    # 3. swap it into place
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    log.info("exported %s (step %d) to %s: %.1f MB", run, ckpt.step, out, size / 1e6)
+    return out
+
+
+@contextmanager
+def _quiet_progress_bars() -> Iterator[None]:
+    """transformers' save_pretrained draws a progress bar on stderr; not for a few small files."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__

@@ -1,0 +1,531 @@
+"""Stage 2: train the U-Net and the text encoder, from scratch, on latents of the trained VAE.
+
+- Text: a ``CLIPTokenizer`` built so that every training word is one token, and a small
+  ``CLIPTextModel`` trained jointly with the U-Net. Its last hidden state ``[B, L, D]`` is what the
+  U-Net cross-attends to, exactly as a Stable Diffusion pipeline uses it.
+- Images: encoded once through the VAE; the posterior mean and std of every image are cached in the
+  run folder and a fresh latent ``mean + std * noise`` is drawn per step (a free augmentation).
+- Each step picks a random caption of each image and blanks ~10% of them to ``""`` so the model
+  also learns the unconditional prediction that classifier-free guidance needs. No flips: captions
+  say "left" and "right".
+- Loss: MSE of the U-Net's v-prediction (SD 2's target; ε-prediction as SD 1.x is an option) under
+  the DDPM ``scaled_linear`` schedule of Stable Diffusion (1000 steps); min-SNR-γ weighting optional.
+- An EMA of the weights is kept; sample grids and the export use it.
+
+Run folder: ``checkpoint/``, ``tokenizer/``, ``vae/`` (the VAE the latents came from),
+``data.safetensors`` (cached latents and tokens), ``vocabulary.json``, ``samples/``, ``train.log``.
+
+    from latentgen.train import UNetTrainConfig, train_unet
+    train_unet(UNetTrainConfig(run_dir="runs/unet", vae="runs/vae"))   # run again to resume
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from latentgen.errors import LatentgenError, UsageError
+from latentgen.train.data import WORLD, ImageCaptions, caption_words, load_data, world_vocabulary
+from latentgen.train.run import (
+    Progress,
+    check_norm_groups,
+    check_resume,
+    format_duration,
+    load_checkpoint,
+    lr_at,
+    restore,
+    run_context,
+    save_checkpoint,
+)
+
+log = logging.getLogger("latentgen.train")
+
+
+@dataclass
+class UNetTrainConfig:
+    run_dir: str = "runs/unet"  # checkpoints, cached latents, samples, train.log; rerun to resume
+    vae: str = "runs/vae"  # a finished VAE run folder, or any diffusers AutoencoderKL folder
+    # data
+    data: str = "world"  # "world" (the built-in renderer) or a folder of name.png + name.txt pairs
+    num_images: int = 50_000  # images encoded once and cached (1 KB of latents each at 8×8×4)
+    data_seed: int = 0  # world stream to render
+    resolution: int = 64
+    # text encoder: a CLIP text transformer trained from scratch on the tokenizer's vocabulary
+    max_tokens: int = 32  # context length, BOS and EOS included (tokenizer model_max_length too)
+    text_hidden: int = 256  # also the U-Net's cross_attention_dim
+    text_layers: int = 4
+    text_heads: int = 4
+    text_mlp: int = 1024
+    # U-Net (cross-attention at every resolution); latents are resolution / VAE factor a side
+    block_out_channels: tuple[int, ...] = (64, 128, 192)  # at 8×8, 4×4, 2×2: 12.2M parameters in all
+    layers_per_block: int = 1
+    attention_heads: int = 4  # passed as diffusers' `attention_head_dim`, which means heads here
+    norm_num_groups: int = 8  # 8-24 channels a group, as SD's 10-40 (32 groups would leave 2)
+    # The text also reaches every res-block through the timestep embedding, attention-pooled
+    # (diffusers' addition_embed_type="text"; any SD pipeline runs it: it needs only the text
+    # embeddings): a direct path for global facts (background, colours, counts). +15% time a step.
+    # Both were on in the measured v-prediction run; neither has been measured on its own.
+    pooled_text: bool = True
+    scale_shift: bool = True  # the embedding scales and shifts res-block features, not only shifts
+    # diffusion
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085  # scaled_linear betas, as Stable Diffusion
+    beta_end: float = 0.012
+    uncond_prob: float = 0.1  # captions replaced by "" for classifier-free guidance
+    # What the U-Net predicts: "v_prediction" (as SD 2) or "epsilon" (as SD 1.x). Measured here: with
+    # v and its plain MSE, sample grids showed every prompted background colour right after 1k steps;
+    # with epsilon (min-SNR-γ or not) 1 in 8 after 2k, the model ignoring its text at high noise.
+    # The ε loss weighs the clean image's error at high noise by SNR ≈ 0; the v loss by SNR + 1.
+    prediction_type: str = "v_prediction"
+    snr_gamma: float = 0.0  # min-SNR-γ: the clean latents' error weighs min(SNR, γ); 0 = plain MSE
+    # optimisation (AdamW, one optimiser for the U-Net and the text encoder)
+    batch_size: int = 32
+    max_steps: int = 20_000
+    lr: float = 3e-4
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * this
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # EMA half-life ~700 steps; warmed up as min(decay, (1+t)/(10+t))
+    seed: int = 0  # initial weights, batches, captions, noise, timesteps
+    # bookkeeping (may change when resuming)
+    log_every: int = 50  # steps between progress lines
+    sample_every: int = 2_000  # steps between sample grids in samples/ (EMA weights); 0 = never
+    checkpoint_minutes: float = 5.0
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+
+    @classmethod
+    def tiny(cls, **overrides) -> UNetTrainConfig:
+        """A seconds-long config for tests (pair it with a ``VAETrainConfig.tiny()`` VAE)."""
+        tiny = cls(
+            num_images=16,
+            resolution=16,
+            max_tokens=16,
+            text_hidden=16,
+            text_layers=1,
+            text_heads=2,
+            text_mlp=32,
+            block_out_channels=(8, 16),
+            attention_heads=2,
+            norm_num_groups=4,
+            batch_size=4,
+            max_steps=4,
+            warmup_steps=2,
+            log_every=1,
+            sample_every=0,
+        )
+        return replace(tiny, **overrides)
+
+
+# --- model builders (the export rebuilds the models with these) -----------------------------------
+
+
+def build_text_encoder(cfg: UNetTrainConfig, tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.text_hidden,
+        intermediate_size=cfg.text_mlp,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        max_position_embeddings=cfg.max_tokens,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def build_unet(cfg: UNetTrainConfig, latent_channels: int, latent_size: int):
+    from diffusers import UNet2DConditionModel
+
+    check_norm_groups(cfg.block_out_channels, cfg.norm_num_groups)
+    n = len(cfg.block_out_channels)
+    return UNet2DConditionModel(
+        sample_size=latent_size,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * n,
+        up_block_types=("CrossAttnUpBlock2D",) * n,
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        cross_attention_dim=cfg.text_hidden,
+        attention_head_dim=cfg.attention_heads,
+        norm_num_groups=cfg.norm_num_groups,
+        addition_embed_type="text" if cfg.pooled_text else None,
+        addition_embed_type_num_heads=cfg.attention_heads,
+        resnet_time_scale_shift="scale_shift" if cfg.scale_shift else "default",
+    )
+
+
+def noise_schedule_config(cfg: UNetTrainConfig) -> dict:
+    """The training noise schedule; the exported scheduler shares it."""
+    return {
+        "num_train_timesteps": cfg.num_train_timesteps,
+        "beta_start": cfg.beta_start,
+        "beta_end": cfg.beta_end,
+        "beta_schedule": "scaled_linear",
+        "prediction_type": cfg.prediction_type,
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+    }
+
+
+def build_tokenizer(words: list[str], out_dir: Path, max_tokens: int):
+    """A CLIP tokenizer with every word of ``words`` one token; raises if any is not."""
+    from latentgen.tokenizer import build_clip_tokenizer
+
+    tokenizer = build_clip_tokenizer(words, out_dir, model_max_length=max_tokens)
+    split = [w for w in words if len(tokenizer(w, add_special_tokens=False)["input_ids"]) != 1]
+    if split:
+        raise LatentgenError(f"tokenizer splits {len(split)} vocabulary words into pieces, e.g. {split[:5]}")
+    return tokenizer
+
+
+class EMA:
+    """Exponential moving average of parameters, keyed ``<part>.<param name>``."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], decay: float):
+        self.decay = decay
+        self.params = {
+            f"{name}.{k}": p
+            for name, m in modules.items()
+            for k, p in m.named_parameters()
+            if p.requires_grad
+        }
+        self.shadow = {k: p.detach().clone() for k, p in self.params.items()}
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """Blend in the current weights after optimiser step ``step`` (1-based)."""
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for k, p in self.params.items():
+            self.shadow[k].lerp_(p, 1 - decay)
+
+    def copy_to(self, modules: dict[str, torch.nn.Module]) -> None:
+        """Overwrite the parameters of ``modules`` (e.g. copies of the trained ones) with the EMA."""
+        with torch.no_grad():
+            for name, m in modules.items():
+                for k, p in m.named_parameters():
+                    p.copy_(self.shadow[f"{name}.{k}"])
+
+
+# --- data: latents and tokens, computed once and cached in the run folder -------------------------
+
+
+@dataclass
+class LatentCaptions:
+    latent_mean: torch.Tensor  # [N, C, h, w] posterior mean, VAE scale (not yet scaled)
+    latent_std: torch.Tensor  # [N, C, h, w] posterior std
+    tokens: torch.Tensor  # [U, L] token ids of the distinct captions; row 0 is the empty caption ""
+    caption_ids: torch.Tensor  # [T] rows of `tokens`, the captions of image i at caption_start[i]...
+    caption_start: torch.Tensor  # [N + 1]
+    sample_prompts: list[str]  # held-out captions for the sample grids
+
+    def __len__(self) -> int:
+        return len(self.latent_mean)
+
+    def save(self, path: Path) -> None:
+        tensors = {k: v.contiguous() for k, v in vars(self).items() if torch.is_tensor(v)}
+        save_file(tensors, str(path), metadata={"sample_prompts": json.dumps(self.sample_prompts)})
+
+    @classmethod
+    def load(cls, path: Path) -> LatentCaptions:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            prompts = json.loads(f.metadata()["sample_prompts"])
+        return cls(**load_file(str(path)), sample_prompts=prompts)
+
+
+@torch.no_grad()
+def encode_dataset(
+    train: ImageCaptions, sample_prompts: list[str], vae, tokenizer, max_tokens: int, batch_size: int = 64
+) -> LatentCaptions:
+    """Encode the training images through ``vae`` and tokenize every caption."""
+    means, stds = [], []
+    for start in range(0, len(train), batch_size):
+        posterior = vae.encode(
+            train.pixels(torch.arange(start, min(start + batch_size, len(train))))
+        ).latent_dist
+        # contiguous: the encoder may hand back channels-last views, and a batch in another memory
+        # format than after a resume (cache read from disk) would change the float rounding.
+        means.append(posterior.mean.contiguous())
+        stds.append(posterior.std.contiguous())
+
+    distinct = [""] + sorted({c for caps in train.captions for c in caps} - {""})
+    row = {c: i for i, c in enumerate(distinct)}
+    enc = tokenizer(distinct, padding="max_length", max_length=max_tokens, truncation=True)
+    lengths = [len(ids) for ids in tokenizer(distinct)["input_ids"]]
+    too_long = [c for c, n in zip(distinct, lengths, strict=True) if n > max_tokens]
+    if too_long:
+        log.warning(
+            "%d captions exceed %d tokens and are cut, e.g. %r", len(too_long), max_tokens, too_long[0]
+        )
+    caption_ids = [row[c] for caps in train.captions for c in caps]
+    counts = torch.tensor([len(caps) for caps in train.captions])
+    return LatentCaptions(
+        latent_mean=torch.cat(means),
+        latent_std=torch.cat(stds),
+        tokens=torch.tensor(enc["input_ids"], dtype=torch.long),
+        caption_ids=torch.tensor(caption_ids, dtype=torch.long),
+        caption_start=torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
+        sample_prompts=sample_prompts,
+    )
+
+
+def draw_batch(
+    data: LatentCaptions, batch_size: int, uncond_prob: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images, one random caption each (blanked with ``uncond_prob``), a latent drawn from each
+    image's posterior. Returns token ids ``[B, L]`` and unscaled latents ``[B, C, h, w]``."""
+    index = torch.randint(len(data), (batch_size,), generator=gen)
+    first = data.caption_start[index]
+    count = data.caption_start[index + 1] - first
+    pick = first + (torch.rand(batch_size, generator=gen) * count).long().clamp_max(count - 1)
+    rows = data.caption_ids[pick]
+    rows = torch.where(torch.rand(batch_size, generator=gen) < uncond_prob, 0, rows)  # row 0 is ""
+    eps = torch.randn(data.latent_mean[index].shape, generator=gen)
+    return data.tokens[rows], data.latent_mean[index] + data.latent_std[index] * eps
+
+
+def diffusion_loss(
+    pred: torch.Tensor,
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str,
+    snr_gamma: float,
+) -> torch.Tensor:
+    """MSE of the U-Net's prediction (of the noise, or of v), per sample weighted by min-SNR-γ if γ > 0.
+
+    ``pred``, ``latents``, ``noise``: ``[B, C, h, w]``; ``alphas_cumprod``: ``[B]``, of each sample's
+    timestep. min-SNR-γ weighs every timestep as min(SNR, γ) in terms of the clean latents' error.
+    """
+    a, s = alphas_cumprod.sqrt()[:, None, None, None], (1 - alphas_cumprod).sqrt()[:, None, None, None]
+    target = noise if prediction_type == "epsilon" else a * noise - s * latents  # v = √ᾱ ε − √(1−ᾱ) x0
+    mse = (pred - target).pow(2).mean(dim=(1, 2, 3))  # [B]
+    if snr_gamma > 0:
+        snr = alphas_cumprod / (1 - alphas_cumprod)
+        mse = mse * snr.clamp(max=snr_gamma) / (snr if prediction_type == "epsilon" else snr + 1)
+    return mse.mean()
+
+
+def _vocabulary(cfg: UNetTrainConfig, train: ImageCaptions) -> list[str]:
+    """The words to make single tokens: the world's own list, or every word of a folder's captions."""
+    if cfg.data == WORLD:
+        return sorted({w.lower() for w in world_vocabulary()})
+    return caption_words(train.captions)
+
+
+def _load_vae(path: Path):
+    from diffusers import AutoencoderKL
+
+    folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+    if not (folder / "config.json").is_file():
+        raise UsageError(f"no finished VAE in {path} (expected {path}/vae/ from train_vae, or a VAE folder)")
+    return AutoencoderKL.from_pretrained(folder, use_safetensors=True).eval().requires_grad_(False)
+
+
+# --- sampling, for the grids ----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate(
+    unet, text_encoder, tokenizer, vae, prompts: list[str], *, steps: int, guidance: float, seed: int, cfg
+) -> torch.Tensor:
+    """Images for ``prompts`` with DDIM and classifier-free guidance: pixels ``[B, 3, H, W]`` in [-1, 1]."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(noise_schedule_config(cfg))
+    scheduler.set_timesteps(steps)
+    ids = tokenizer([""] * len(prompts) + prompts, padding="max_length", max_length=cfg.max_tokens,
+                    truncation=True, return_tensors="pt").input_ids  # fmt: skip
+    text_emb = text_encoder(ids)[0]  # [2B, L, D]: uncond then cond
+    c, s = unet.config.in_channels, unet.config.sample_size
+    gen = torch.Generator().manual_seed(seed)
+    latents = torch.randn(len(prompts), c, s, s, generator=gen) * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        eps = unet(torch.cat([latents, latents]), t, encoder_hidden_states=text_emb).sample
+        uncond, cond = eps.chunk(2)
+        latents = scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
+    return vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1)
+
+
+def save_grid(pixels: torch.Tensor, prompts: list[str], path: Path) -> None:
+    """One row of images as a PNG, with the prompts in a .txt beside it."""
+    b, _, h, w = pixels.shape
+    row = (
+        ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(2, 0, 3, 1).reshape(h, b * w, 3)
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(row.numpy()).save(path)
+    path.with_suffix(".txt").write_text("\n".join(prompts) + "\n", encoding="utf-8")
+
+
+# --- the training run -----------------------------------------------------------------------------
+
+
+def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
+    """Train (or resume) the U-Net and text encoder in ``cfg.run_dir``; returns the run folder.
+
+    ``stop_at`` ends this call early at that step with a checkpoint, as an interruption would.
+    Export the result with :func:`latentgen.train.export_model`.
+    """
+    from diffusers import DDPMScheduler
+    from transformers import CLIPTokenizer
+
+    if cfg.prediction_type not in ("epsilon", "v_prediction"):
+        raise UsageError(f"prediction_type {cfg.prediction_type!r} must be 'epsilon' or 'v_prediction'")
+    run_dir = Path(cfg.run_dir)
+    with run_context(run_dir, cfg.threads) as stop:
+        ckpt = load_checkpoint(run_dir)
+        check_resume(ckpt, cfg)
+
+        # 1. tokenizer, VAE and cached data: made by a new run, reused by a resumed one
+        if ckpt is None:
+            t_data = time.monotonic()
+            log.info(
+                "new U-Net run %s: preparing %s data and encoding it once through %s",
+                run_dir,
+                cfg.data,
+                cfg.vae,
+            )
+            train = load_data(cfg.data, cfg.num_images, cfg.data_seed, cfg.resolution)
+            held_out = load_data(cfg.data, 8, cfg.data_seed, cfg.resolution, held_out=True)
+            vocabulary = _vocabulary(cfg, train)
+            tokenizer = build_tokenizer(vocabulary, run_dir / "tokenizer", cfg.max_tokens)
+            vae = _load_vae(Path(cfg.vae))
+            shutil.rmtree(run_dir / "vae", ignore_errors=True)
+            vae.save_pretrained(run_dir / "vae", safe_serialization=True)
+            (run_dir / "vocabulary.json").write_text(json.dumps(vocabulary) + "\n", encoding="utf-8")
+            prompts = [caps[0] for caps in held_out.captions]
+            data = encode_dataset(train, prompts, vae, tokenizer, cfg.max_tokens)
+            del train
+            data.save(run_dir / "data.safetensors")
+            log.info(
+                "U-Net data: %d images, %d captions (%d distinct), vocabulary %d words, latents %s (%.1fs)",
+                len(data),
+                len(data.caption_ids),
+                len(data.tokens) - 1,
+                len(vocabulary),
+                "×".join(map(str, data.latent_mean.shape[1:])),
+                time.monotonic() - t_data,
+            )
+        else:
+            tokenizer = CLIPTokenizer.from_pretrained(run_dir / "tokenizer")
+            vae = _load_vae(run_dir)
+            data = LatentCaptions.load(run_dir / "data.safetensors")
+        scale = vae.config.scaling_factor
+        latent_channels, latent_size = data.latent_mean.shape[1], data.latent_mean.shape[-1]
+
+        # 2. models, optimiser, EMA, RNG: from the seed, or from the checkpoint
+        torch.manual_seed(cfg.seed)
+        text_encoder = build_text_encoder(cfg, tokenizer)
+        unet = build_unet(cfg, latent_channels, latent_size)
+        modules = {"unet": unet, "text_encoder": text_encoder}
+        params = [p for m in modules.values() for p in m.parameters()]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        ema = EMA(modules, cfg.ema_decay)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        noise_scheduler = DDPMScheduler.from_config(noise_schedule_config(cfg))
+        alphas_cumprod = noise_scheduler.alphas_cumprod  # [T]
+        step, elapsed = 0, 0.0
+        if ckpt is not None:
+            restore(ckpt, modules, optimizer, gen)
+            ema.shadow = {k: ckpt.tensors[f"ema.{k}"].clone() for k in ema.shadow}
+            step, elapsed = ckpt.step, ckpt.meta.get("elapsed_s", 0.0)
+            log.info("resuming %s from step %d", run_dir, step)
+        else:
+            sizes = ", ".join(
+                f"{k} {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M" for k, m in modules.items()
+            )
+            log.info("U-Net run %s: %s parameters", run_dir, sizes)
+
+        def checkpoint() -> None:
+            save_checkpoint(
+                run_dir,
+                step=step,
+                cfg=cfg,
+                modules=modules,
+                optimizer=optimizer,
+                generator=gen,
+                extra_tensors={f"ema.{k}": v for k, v in ema.shadow.items()},
+                meta={"elapsed_s": elapsed + time.monotonic() - t_start},
+            )
+
+        def sample() -> None:
+            ema_modules = {k: copy.deepcopy(m).eval() for k, m in modules.items()}
+            ema.copy_to(ema_modules)
+            prompts = data.sample_prompts
+            pixels = generate(ema_modules["unet"], ema_modules["text_encoder"], tokenizer, vae, prompts,
+                              steps=25, guidance=5.0, seed=0, cfg=cfg)  # fmt: skip
+            save_grid(pixels, prompts, run_dir / "samples" / f"step_{step:07d}.png")
+
+        # 3. the loop
+        t_start = t_saved = time.monotonic()
+        if ckpt is None:
+            checkpoint()  # step 0: later calls resume with the cached data instead of remaking it
+        start_step = step
+        end = min(cfg.max_steps, stop_at if stop_at is not None else cfg.max_steps)
+        progress = Progress(step, cfg.max_steps, cfg.batch_size, cfg.log_every)
+        unet.train()
+        text_encoder.train()
+        while step < end:
+            lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            input_ids, latents = draw_batch(data, cfg.batch_size, cfg.uncond_prob, gen)
+            latents = latents * scale  # [B, C, h, w], unit variance
+            noise = torch.randn(latents.shape, generator=gen)
+            timesteps = torch.randint(cfg.num_train_timesteps, (cfg.batch_size,), generator=gen)
+            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+
+            text_emb = text_encoder(input_ids)[0]  # [B, L, D]
+            pred = unet(noisy, timesteps, encoder_hidden_states=text_emb).sample
+            loss = diffusion_loss(
+                pred, latents, noise, alphas_cumprod[timesteps], cfg.prediction_type, cfg.snr_gamma
+            )
+            if not math.isfinite(loss.item()):
+                raise LatentgenError(
+                    f"U-Net loss is {loss.item()} at step {step}; lower the learning rate (lr)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            ema.update(step)
+
+            progress.update(step, lr, loss=loss.item())
+            if cfg.sample_every and step % cfg.sample_every == 0:
+                sample()
+            if stop.is_set():
+                checkpoint()
+                raise KeyboardInterrupt
+            if time.monotonic() - t_saved > cfg.checkpoint_minutes * 60:
+                checkpoint()
+                t_saved = time.monotonic()
+        if step > start_step:
+            checkpoint()
+        if step == cfg.max_steps and step > start_step:
+            if cfg.sample_every and step % cfg.sample_every:
+                sample()
+            log.info(
+                "U-Net done in %s; export with export_model(%r, OUT_DIR)",
+                format_duration(elapsed + time.monotonic() - t_start),
+                str(run_dir),
+            )
+        return run_dir

@@ -1,0 +1,371 @@
+"""Training: tiny runs of both stages on a folder made on the spot, resume, tokenizer, export.
+
+Every run here takes about a second: 16×16 images, a factor-2 VAE, a U-Net of two levels.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from dataclasses import replace
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from latentgen.errors import OutputExistsError, UsageError
+from latentgen.train import UNetTrainConfig, VAETrainConfig, export_model, train_unet, train_vae
+from latentgen.train.data import caption_words, load_data
+from latentgen.train.unet import build_tokenizer
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220)}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Bitwise comparisons need the same thread count in both runs; one also keeps the machine free."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """24 pairs of a 16×16 image (one coloured square, left or right) and two true captions."""
+    root = tmp_path_factory.mktemp("data")
+    for i in range(24):
+        colour, side = list(COLOURS)[i % 3], ("left", "right")[i % 2]
+        image = Image.new("RGB", (16, 16), "white")
+        x = 2 if side == "left" else 9
+        ImageDraw.Draw(image).rectangle([x, 5, x + 5, 10], fill=COLOURS[colour])
+        image.save(root / f"{i:03d}.png")
+        (root / f"{i:03d}.txt").write_text(
+            f"a {colour} square\n# a comment\n\na {colour} square on the {side}\n"
+        )
+    return root
+
+
+@pytest.fixture(scope="module")
+def vae_run(folder, tmp_path_factory):
+    torch.set_num_threads(1)
+    return train_vae(
+        VAETrainConfig.tiny(run_dir=str(tmp_path_factory.mktemp("runs") / "vae"), data=str(folder))
+    )
+
+
+@pytest.fixture(scope="module")
+def unet_run(folder, vae_run, tmp_path_factory):
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("runs") / "unet"
+    return train_unet(UNetTrainConfig.tiny(run_dir=str(run_dir), vae=str(vae_run), data=str(folder)))
+
+
+def checkpoint_tensors(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoint" / "state.safetensors"))
+
+
+def assert_same_state(a, b) -> None:
+    """Two runs' checkpoints hold bitwise-equal weights, EMA, optimiser and RNG states."""
+    ta, tb = checkpoint_tensors(a), checkpoint_tensors(b)
+    assert ta.keys() == tb.keys()
+    different = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not different, f"tensors differ after resume: {different[:5]}"
+    assert (
+        json.loads((a / "checkpoint/state.json").read_text())["step"]
+        == json.loads((b / "checkpoint/state.json").read_text())["step"]
+    )
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+
+def test_folder_data_reads_pairs_skips_comments_and_holds_out(folder):
+    train = load_data(str(folder), 0, 0, 16)
+    held_out = load_data(str(folder), 0, 0, 16, held_out=True)
+    assert len(train) + len(held_out) == 24 and len(held_out) == 2
+    assert train.images.shape == (22, 3, 16, 16) and train.images.dtype == torch.uint8
+    assert train.captions[0] == ["a red square", "a red square on the left"]
+    assert train.pixels(torch.arange(3)).min() >= -1 and train.pixels(torch.arange(3)).max() <= 1
+    assert caption_words(train.captions) == [
+        "a",
+        "blue",
+        "green",
+        "left",
+        "on",
+        "red",
+        "right",
+        "square",
+        "the",
+    ]
+
+
+def test_folder_data_errors_name_the_problem(tmp_path):
+    with pytest.raises(UsageError, match="neither 'world' nor a folder"):
+        load_data(str(tmp_path / "missing"), 0, 0, 16)
+    Image.new("RGB", (8, 8)).save(tmp_path / "lonely.png")  # no caption file
+    with pytest.raises(UsageError, match="at least 2"):
+        load_data(str(tmp_path), 0, 0, 16)
+
+
+# --- tokenizer --------------------------------------------------------------------------------------
+
+
+def test_tokenizer_keeps_every_word_one_token(tmp_path):
+    words = [
+        "a",
+        "cat",
+        "wearing",
+        "hat",
+        "red",
+        "green",
+        "blue",
+        "left",
+        "of",
+        "above",
+        "below",
+        "one",
+        "two",
+        "three",
+        "four",
+        "circle",
+    ]
+    tok = build_tokenizer(words, tmp_path / "tok", max_tokens=32)
+    assert tok.model_max_length == 32
+    for word in words:
+        ids = tok(word, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1, word
+        assert tok.decode(ids).strip() == word
+    ids = tok("a red cat wearing a blue hat", padding="max_length", max_length=32)["input_ids"]
+    assert len(ids) == 32 and ids[0] == tok.bos_token_id and ids[8] == tok.eos_token_id
+
+
+def test_tokenizer_keeps_every_world_word_one_token(tmp_path):
+    world = pytest.importorskip("latentgen.world")
+    if not hasattr(world, "vocabulary"):
+        pytest.skip("latentgen.world has no vocabulary() yet")
+    words = sorted({w.lower() for w in world.vocabulary()})
+    tok = build_tokenizer(words, tmp_path / "tok", max_tokens=32)
+    assert all(len(tok(w, add_special_tokens=False)["input_ids"]) == 1 for w in words)
+
+
+# --- VAE ----------------------------------------------------------------------------------------------
+
+
+def test_vae_trains_and_writes_a_scaled_vae(vae_run):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(vae_run / "vae", use_safetensors=True)
+    metrics = json.loads((vae_run / "metrics.json").read_text())
+    assert metrics["steps"] == 4
+    assert vae.config.scaling_factor == pytest.approx(1 / metrics["latent_std"])
+    assert metrics["held_out_psnr_db"] > 0
+    assert all(torch.isfinite(p).all() for p in vae.parameters())
+    assert "held-out PSNR" in (vae_run / "train.log").read_text()
+
+
+def test_vae_resume_reaches_the_same_state(folder, vae_run, tmp_path):
+    cfg = VAETrainConfig.tiny(run_dir=str(tmp_path / "vae"), data=str(folder))
+    train_vae(cfg, stop_at=2)
+    assert json.loads((tmp_path / "vae/checkpoint/state.json").read_text())["step"] == 2
+    assert not (tmp_path / "vae" / "vae").exists()
+    train_vae(cfg)
+    assert_same_state(vae_run, tmp_path / "vae")
+
+
+def test_ctrl_c_checkpoints_then_resumes_to_the_same_state(folder, vae_run, tmp_path, monkeypatch):
+    from latentgen.train import run
+
+    update = run.Progress.update
+
+    def update_then_interrupt(self, step, lr, **values):
+        update(self, step, lr, **values)
+        if step == 2:
+            signal.raise_signal(signal.SIGINT)  # as if Ctrl-C were pressed during step 2
+
+    monkeypatch.setattr(run.Progress, "update", update_then_interrupt)
+    cfg = VAETrainConfig.tiny(run_dir=str(tmp_path / "vae"), data=str(folder))
+    with pytest.raises(KeyboardInterrupt):
+        train_vae(cfg)
+    assert json.loads((tmp_path / "vae/checkpoint/state.json").read_text())["step"] == 2
+    monkeypatch.setattr(run.Progress, "update", update)
+    train_vae(cfg)
+    assert_same_state(vae_run, tmp_path / "vae")
+
+
+def test_resume_refuses_another_config(folder, tmp_path):
+    cfg = VAETrainConfig.tiny(run_dir=str(tmp_path / "vae"), data=str(folder), max_steps=2)
+    train_vae(cfg, stop_at=1)
+    with pytest.raises(UsageError, match="lr"):
+        train_vae(VAETrainConfig.tiny(run_dir=str(tmp_path / "vae"), data=str(folder), max_steps=2, lr=1))
+    train_vae(VAETrainConfig.tiny(run_dir=str(tmp_path / "vae"), data=str(folder), max_steps=2, log_every=5))
+
+
+# --- U-Net + text encoder -------------------------------------------------------------------------
+
+
+def test_unet_trains_from_cached_latents(unet_run):
+    tensors = checkpoint_tensors(unet_run)
+    assert json.loads((unet_run / "checkpoint/state.json").read_text())["step"] == 4
+    assert any(k.startswith("ema.unet.") for k in tensors) and any(
+        k.startswith("ema.text_encoder.") for k in tensors
+    )
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if v.is_floating_point())
+    with safe_open(str(unet_run / "data.safetensors"), "pt") as f:
+        assert f.get_slice("latent_mean").get_shape() == [16, 4, 8, 8]  # tiny: num_images=16
+        assert f.get_slice("caption_start").get_shape() == [17]
+    assert "loss" in (unet_run / "train.log").read_text()
+
+
+def test_unet_resume_reaches_the_same_state(folder, vae_run, unet_run, tmp_path):
+    cfg = UNetTrainConfig.tiny(run_dir=str(tmp_path / "unet"), vae=str(vae_run), data=str(folder))
+    train_unet(cfg, stop_at=2)
+    train_unet(cfg)
+    assert_same_state(unet_run, tmp_path / "unet")
+
+
+def test_unet_sample_grid(folder, vae_run, tmp_path):
+    cfg = UNetTrainConfig.tiny(run_dir=str(tmp_path / "unet"), vae=str(vae_run), data=str(folder))
+    train_unet(replace(cfg, max_steps=2, sample_every=2))
+    grid = Image.open(tmp_path / "unet/samples/step_0000002.png")
+    prompts = (tmp_path / "unet/samples/step_0000002.txt").read_text().splitlines()
+    assert grid.size == (16 * len(prompts), 16)
+
+
+def test_diffusion_loss_targets_match_diffusers():
+    from diffusers import DDPMScheduler
+
+    from latentgen.train.unet import diffusion_loss, noise_schedule_config
+
+    sched = DDPMScheduler.from_config(noise_schedule_config(UNetTrainConfig()))
+    g = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(6, 4, 8, 8, generator=g), torch.randn(6, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 300, 600, 900, 999])
+    ac = sched.alphas_cumprod[t]
+    assert diffusion_loss(noise, latents, noise, ac, "epsilon", 5.0) == 0
+    v = sched.get_velocity(latents, noise, t)
+    assert diffusion_loss(v, latents, noise, ac, "v_prediction", 5.0) < 1e-12
+    # min-SNR-γ weighs the clean latents' error as min(SNR, γ) whatever the U-Net predicts
+    x0_err = torch.randn(6, 4, 8, 8, generator=g)
+    a, s = ac.sqrt()[:, None, None, None], (1 - ac).sqrt()[:, None, None, None]
+    eps_loss = diffusion_loss(noise - a / s * x0_err, latents, noise, ac, "epsilon", 5.0)
+    v_loss = diffusion_loss(v - x0_err / s, latents, noise, ac, "v_prediction", 5.0)
+    assert eps_loss.item() == pytest.approx(v_loss.item(), rel=1e-4)
+
+
+def test_unet_epsilon_prediction_exports_its_prediction_type(folder, vae_run, tmp_path):
+    cfg = UNetTrainConfig.tiny(
+        run_dir=str(tmp_path / "unet"), vae=str(vae_run), data=str(folder), max_steps=2
+    )
+    train_unet(replace(cfg, prediction_type="epsilon", snr_gamma=5.0))
+    out = export_model(tmp_path / "unet", tmp_path / "model")
+    assert json.loads((out / "scheduler/scheduler_config.json").read_text())["prediction_type"] == "epsilon"
+    with pytest.raises(UsageError, match="prediction_type"):
+        train_unet(replace(cfg, run_dir=str(tmp_path / "other"), prediction_type="sample"))
+
+
+# --- export -------------------------------------------------------------------------------------------
+
+
+def test_export_writes_a_diffusers_folder_that_reloads(unet_run, tmp_path):
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    out = export_model(unet_run, tmp_path / "model", steps=30, guidance=4.0, family="builtin")
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
+    assert index["scheduler"] == ["diffusers", "DPMSolverMultistepScheduler"]
+    assert index["safety_checker"] == [None, None]
+    assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt"))
+    sched = json.loads((out / "scheduler/scheduler_config.json").read_text())
+    assert sched["latentgen_default_steps"] == 30 and sched["latentgen_default_guidance"] == 4.0
+    assert sched["latentgen_default_sampler"] == "dpm-solver" and sched["beta_schedule"] == "scaled_linear"
+    assert sched["prediction_type"] == "v_prediction" and sched["num_train_timesteps"] == 1000
+
+    unet = UNet2DConditionModel.from_pretrained(out / "unet", use_safetensors=True)
+    vae = AutoencoderKL.from_pretrained(out / "vae", use_safetensors=True)
+    text_encoder = CLIPTextModel.from_pretrained(out / "text_encoder", use_safetensors=True)
+    tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    DPMSolverMultistepScheduler.from_pretrained(out / "scheduler")
+    for weights in out.rglob("*.safetensors"):  # stored as fp16 (from_pretrained may upcast)
+        assert {t.dtype for t in load_file(str(weights)).values()} == {torch.float16}
+    assert text_encoder.config.max_position_embeddings == tokenizer.model_max_length == 16
+    assert vae.config.scaling_factor != 0.18215  # measured, not the SD default
+    # the U-Net weights are the EMA ones, rounded to fp16
+    ema = checkpoint_tensors(unet_run)["ema.unet.conv_in.weight"]
+    assert torch.equal(unet.conv_in.weight, ema.half().to(unet.dtype))
+    extra = json.loads((out / "latentgen.json").read_text())
+    assert extra["family"] == "builtin" and "square" in extra["vocabulary"]
+
+    with pytest.raises(OutputExistsError):
+        export_model(unet_run, out)
+
+
+def test_export_loads_through_the_latentgen_loader(unet_run, tmp_path):
+    from latentgen.loader import load_model
+
+    model = load_model(export_model(unet_run, tmp_path / "model"), device="cpu", dtype="fp32")
+    assert model.source.default_size == 16 and model.source.max_tokens == 16
+    assert model.source.defaults.sampler.value == "dpm-solver"
+
+
+def test_export_refuses_a_folder_that_is_no_run(tmp_path):
+    with pytest.raises(UsageError, match="not a U-Net training run"):
+        export_model(tmp_path, tmp_path / "model")
+
+
+# --- the world ----------------------------------------------------------------------------------------
+
+
+def test_vae_and_unet_train_on_the_world(tmp_path):
+    world = pytest.importorskip("latentgen.world")
+    if not hasattr(world, "render_sample"):
+        pytest.skip("latentgen.world has no render_sample() yet")
+    vae = train_vae(VAETrainConfig.tiny(run_dir=str(tmp_path / "vae"), max_steps=2))
+    train_unet(UNetTrainConfig.tiny(run_dir=str(tmp_path / "unet"), vae=str(vae), max_steps=2))
+    assert json.loads((tmp_path / "unet/checkpoint/state.json").read_text())["step"] == 2
+
+
+# --- the recipe of the built-in model -----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_default_recipe_builds_trains_and_exports_under_50_mb(folder, tmp_path):
+    """The default configs (the built-in model's recipe) take a step each and export to ≤ 50 MB."""
+    vae = train_vae(
+        VAETrainConfig(run_dir=str(tmp_path / "vae"), data=str(folder), num_images=0, max_steps=1)
+    )
+    unet = train_unet(
+        UNetTrainConfig(
+            run_dir=str(tmp_path / "unet"), vae=str(vae), data=str(folder), num_images=0, max_steps=1
+        )
+    )
+    out = export_model(unet, tmp_path / "model")
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    assert size <= 50e6, f"export is {size / 1e6:.1f} MB"
+
+
+def test_train_cli_runs_a_tiny_vae_and_rejects_unknown_fields(run_cli, tmp_path):
+    tiny = {
+        "num_images": 16,
+        "eval_images": 4,
+        "resolution": 16,
+        "block_out_channels": "8,16",
+        "norm_num_groups": 4,
+        "batch_size": 4,
+        "warmup_steps": 1,
+        "log_every": 1,
+        "eval_every": 2,
+    }
+    sets = [x for k, v in tiny.items() for x in ("--set", f"{k}={v}")]
+    code, out, err = run_cli("train", "vae", "--run", tmp_path / "vae", "--steps", 2, "--threads", 1, *sets)
+    assert code == 0, err
+    assert (tmp_path / "vae" / "vae" / "config.json").is_file()
+    code, _, err = run_cli("train", "vae", "--run", tmp_path / "v2", "--set", "colour=red")
+    assert code == 2 and "expected KEY=VALUE with KEY one of" in err
+    code, _, err = run_cli("train", "vae", "--run", tmp_path / "v2", "--set", "batch_size=big")
+    assert code == 2 and "'big' is not a valid int" in err
