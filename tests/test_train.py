@@ -308,9 +308,13 @@ def test_export_writes_a_diffusers_folder_that_reloads(unet_run, tmp_path):
 def test_export_loads_through_the_latentgen_loader(unet_run, tmp_path):
     from latentgen.loader import load_model
 
+    from latentgen import GenerationRequest, Pipeline
+
     model = load_model(export_model(unet_run, tmp_path / "model"), device="cpu", dtype="fp32")
     assert model.source.default_size == 16 and model.source.max_tokens == 16
     assert model.source.defaults.sampler.value == "dpm-solver"
+    (gen,) = Pipeline(model).generate(GenerationRequest("a red circle", steps=2, seed=0))
+    assert gen.image.size == (16, 16) and gen.model_family == "builtin"
 
 
 def test_export_refuses_a_folder_that_is_no_run(tmp_path):
