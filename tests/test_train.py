@@ -310,7 +310,8 @@ def test_export_loads_through_the_latentgen_loader(unet_run, tmp_path):
 
     from latentgen import GenerationRequest, Pipeline
 
-    model = load_model(export_model(unet_run, tmp_path / "model"), device="cpu", dtype="fp32")
+    out = export_model(unet_run, tmp_path / "model", family="builtin")
+    model = load_model(out, device="cpu", dtype="fp32")
     assert model.source.default_size == 16 and model.source.max_tokens == 16
     assert model.source.defaults.sampler.value == "dpm-solver"
     (gen,) = Pipeline(model).generate(GenerationRequest("a red circle", steps=2, seed=0))
