@@ -306,9 +306,8 @@ def test_export_writes_a_diffusers_folder_that_reloads(unet_run, tmp_path):
 
 
 def test_export_loads_through_the_latentgen_loader(unet_run, tmp_path):
-    from latentgen.loader import load_model
-
     from latentgen import GenerationRequest, Pipeline
+    from latentgen.loader import load_model
 
     out = export_model(unet_run, tmp_path / "model", family="builtin")
     model = load_model(out, device="cpu", dtype="fp32")
