@@ -50,8 +50,11 @@ class VAETrainConfig:
     data_seed: int = 0  # world stream to render; held-out renders use another stream
     resolution: int = 64  # images are square, this many pixels a side
     flip: bool = True  # random horizontal flips: fine here, the VAE never sees captions
-    # model: each entry of block_out_channels after the first halves the size: 4 entries → factor 8
-    block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
+    # model: each entry of block_out_channels after the first halves the size: 3 entries → factor 4
+    # (64×64×3 → 16×16×4). Measured (batch 32, same schedule), held-out PSNR after 300 / 600 steps:
+    # factor 4: 20.7 / 22.4 dB, objects visible from step 300; factor 8 (32, 64, 128, 128):
+    # 18.2 / 18.6 dB and still 18.8 at 750 of a longer run, backgrounds only, no objects yet.
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
     layers_per_block: int = 1
     latent_channels: int = 4
     norm_num_groups: int = 8  # divides every entry; 32 groups of one channel would erase flat colours
