@@ -22,8 +22,8 @@ from latentgen import Pipeline, load_model
 from latentgen import batch as b
 from latentgen.loader import BUILTIN_DIR
 from latentgen.prompts_file import PromptLine
-from latentgen.samplers import Sampler, build_scheduler
-from latentgen.tiny import write_model
+from latentgen.samplers import Sampler
+from latentgen.tiny import reference_pipeline, write_model
 
 HERE = Path(__file__).parent
 COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "pink", "white")
@@ -53,19 +53,7 @@ def main() -> None:
     size, steps, guidance = model.source.default_size, args.steps, 7.5
     texts = prompts(args.prompts)
 
-    from diffusers import StableDiffusionPipeline
-
-    ref = StableDiffusionPipeline(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=build_scheduler(Sampler.DPM_SOLVER, False, model.source.scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    ref.set_progress_bar_config(disable=True)
+    ref = reference_pipeline(model, Sampler.DPM_SOLVER)
 
     def run_latentgen(out: Path) -> None:
         lines = [PromptLine(i + 1, i, {"prompt": t}) for i, t in enumerate(texts)]

@@ -25,28 +25,10 @@ import torch
 
 from latentgen import GenerationRequest, Pipeline, Sampler, load_model
 from latentgen.loader import BUILTIN_DIR
-from latentgen.samplers import build_scheduler
-from latentgen.tiny import write_model
+from latentgen.tiny import reference_pipeline, write_model
 
 HERE = Path(__file__).parent
 PROMPT = "a red circle above a blue square"
-
-
-def reference_pipeline(model):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=build_scheduler(Sampler.DPM_SOLVER, False, model.source.scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def timed(fn) -> float:
@@ -74,7 +56,7 @@ def main() -> None:
 
     model = load_model(model_arg, device="cpu", dtype="fp32")
     ours = Pipeline(model)
-    theirs = reference_pipeline(model)
+    theirs = reference_pipeline(model, Sampler.DPM_SOLVER)
     size = model.source.default_size
     steps, guidance = args.steps, 7.5
 

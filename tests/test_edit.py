@@ -22,7 +22,7 @@ from latentgen import (
 )
 from latentgen.edit import feather, fill_unknown, prepare_edit
 from latentgen.metadata import read
-from latentgen.samplers import build_scheduler
+from latentgen.tiny import reference_pipeline
 
 PROMPT = "a red circle"
 
@@ -78,18 +78,7 @@ def inpaint_model(inpaint_model_dir):
 
 
 def diffusers_pipeline(cls, model, sampler: Sampler, karras: bool = False):
-    pipe = cls(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=build_scheduler(sampler, karras, model.source.scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return reference_pipeline(model, sampler, karras, cls=cls)
 
 
 def generators(*seeds: int) -> list[torch.Generator]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from latentgen import GenerationRequest, NonFiniteError, Pipeline, Sampler, load_model
-from latentgen.samplers import build_scheduler
+from latentgen.tiny import reference_pipeline
 
 
 def pixels(images) -> np.ndarray:
@@ -18,19 +18,7 @@ def pixels(images) -> np.ndarray:
 
 def reference(model, sampler: Sampler, karras: bool, prompt, negative, steps, guidance, size, seeds):
     """diffusers' StableDiffusionPipeline on the same components, scheduler and CPU generators."""
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=build_scheduler(sampler, karras, model.source.scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = reference_pipeline(model, sampler, karras)
     out = pipe(
         [prompt] * len(seeds),
         negative_prompt=[negative] * len(seeds) if negative else None,

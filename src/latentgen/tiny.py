@@ -192,3 +192,26 @@ def save_diffusers_folder(out: Path, *, unet, vae, text_encoder, scheduler_confi
         "vae": ["diffusers", "AutoencoderKL"],
     }
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def reference_pipeline(model, sampler, karras: bool = False, cls=None):
+    """diffusers' own pipeline (``StableDiffusionPipeline`` unless ``cls``) on a loaded model's components.
+
+    The yardstick of the tests and benchmarks: same weights, same scheduler built from the same config.
+    """
+    from latentgen.samplers import build_scheduler
+
+    if cls is None:
+        from diffusers import StableDiffusionPipeline as cls
+    pipe = cls(
+        vae=model.vae,
+        text_encoder=model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=model.unet,
+        scheduler=build_scheduler(sampler, karras, model.source.scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
