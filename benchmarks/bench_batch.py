@@ -20,10 +20,9 @@ import torch
 
 from latentgen import Pipeline, load_model
 from latentgen import batch as b
-from latentgen.loader import BUILTIN_DIR
 from latentgen.prompts_file import PromptLine
 from latentgen.samplers import Sampler
-from latentgen.tiny import reference_pipeline, write_model
+from latentgen.tiny import bench_model, reference_pipeline
 
 HERE = Path(__file__).parent
 COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "pink", "white")
@@ -43,12 +42,7 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="latentgen-bench-batch-"))
-    if args.model:
-        model_arg, label = args.model, args.model
-    elif (BUILTIN_DIR / "model_index.json").is_file():
-        model_arg, label = "builtin", "builtin"
-    else:
-        model_arg, label = str(write_model(tmp / "small", "small", seed=0)), "small (random, SD-shaped)"
+    model_arg, label = bench_model(args.model, tmp)
     model = load_model(model_arg, device="cpu", dtype="fp32")
     size, steps, guidance = model.source.default_size, args.steps, 7.5
     texts = prompts(args.prompts)

@@ -24,8 +24,7 @@ from pathlib import Path
 import torch
 
 from latentgen import GenerationRequest, Pipeline, Sampler, load_model
-from latentgen.loader import BUILTIN_DIR
-from latentgen.tiny import reference_pipeline, write_model
+from latentgen.tiny import bench_model, reference_pipeline
 
 HERE = Path(__file__).parent
 PROMPT = "a red circle above a blue square"
@@ -47,12 +46,7 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="latentgen-bench-"))
-    if args.model:
-        model_arg, model_label = args.model, args.model
-    elif (BUILTIN_DIR / "model_index.json").is_file():
-        model_arg, model_label = "builtin", "builtin"
-    else:
-        model_arg, model_label = str(write_model(tmp / "small", "small", seed=0)), "small (random, SD-shaped)"
+    model_arg, model_label = bench_model(args.model, tmp)
 
     model = load_model(model_arg, device="cpu", dtype="fp32")
     ours = Pipeline(model)

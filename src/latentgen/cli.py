@@ -521,6 +521,10 @@ train_app = typer.Typer(
     help="Train a model in two resumable stages (VAE, then U-Net + text encoder), then export it.",
 )
 app.add_typer(train_app, name="train")
+DataOpt = Annotated[str | None, typer.Option(help="'world' or a folder of NAME.png + NAME.txt.")]
+TrainStepsOpt = Annotated[int | None, typer.Option(help="Total training steps.")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="torch CPU threads.")]
+RunOpt = Annotated[Path, typer.Option(help="Run folder: checkpoints, log; rerun to resume.")]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override any config field: --set max_steps=500 (repeatable)."),
@@ -555,12 +559,10 @@ def _train_config(cls, run: Path, data: str | None, steps: int | None, threads: 
 
 @train_app.command("vae")
 def train_vae_cmd(
-    run: Annotated[Path, typer.Option(help="Run folder: checkpoints, log; rerun to resume.")] = Path(
-        "runs/vae"
-    ),
-    data: Annotated[str | None, typer.Option(help="'world' or a folder of NAME.png + NAME.txt.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Total training steps.")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    run: RunOpt = Path("runs/vae"),
+    data: DataOpt = None,
+    steps: TrainStepsOpt = None,
+    threads: ThreadsOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Stage 1: the VAE (reconstruction + KL); reports held-out PSNR."""
@@ -572,15 +574,13 @@ def train_vae_cmd(
 
 @train_app.command("unet")
 def train_unet_cmd(
-    run: Annotated[Path, typer.Option(help="Run folder: checkpoints, log; rerun to resume.")] = Path(
-        "runs/unet"
-    ),
+    run: RunOpt = Path("runs/unet"),
     vae: Annotated[Path, typer.Option(help="A finished VAE run folder (or a diffusers VAE folder).")] = Path(
         "runs/vae"
     ),
-    data: Annotated[str | None, typer.Option(help="'world' or a folder of NAME.png + NAME.txt.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Total training steps.")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    data: DataOpt = None,
+    steps: TrainStepsOpt = None,
+    threads: ThreadsOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Stage 2: the U-Net and the CLIP text encoder, on latents from the trained VAE."""

@@ -215,3 +215,14 @@ def reference_pipeline(model, sampler, karras: bool = False, cls=None):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def bench_model(arg: str | None, workdir: Path) -> tuple[str, str]:
+    """(model to load, label) for a benchmark: ``arg`` if given, else builtin if installed, else ``small``."""
+    from latentgen.loader import BUILTIN_DIR
+
+    if arg:
+        return arg, arg
+    if (BUILTIN_DIR / "model_index.json").is_file():
+        return "builtin", "builtin"
+    return str(write_model(workdir / "small", "small", seed=0)), "small (random, SD-shaped)"
