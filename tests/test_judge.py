@@ -111,6 +111,23 @@ def test_blank_and_noise_images_show_nothing_asked_for():
     assert not judge_ok(noise, parse_prompt("a red circle"))
 
 
+def test_cluttered_images_pass_no_prompt():
+    """Blurry colour noise on a plain frame (what an untrained model draws) segments into many blobs;
+    among them the classifier finds some kind or other. The world never holds more than four
+    objects, so such an image must fail every check instead of passing "a circle and a square"."""
+    rng = np.random.default_rng(0)
+    kinds = ["circle", "square", "triangle", "star", "heart", "cat", "hat"]
+    for i in range(4):
+        coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        pixels = np.full((64, 64, 3), 128, np.uint8)
+        pixels[4:60, 4:60] = np.asarray(Image.fromarray(coarse).resize((56, 56), Image.Resampling.BICUBIC))
+        image = Image.fromarray(pixels)
+        assert len(read_image(image).objects) > 4  # premise: it really is cluttered
+        for a, b in zip(kinds, kinds[1:] + kinds[:1], strict=True):
+            assert not any(judge(image, parse_prompt(f"a {a} and a {b}")).values()), (i, a, b)
+            assert not any(judge(image, parse_prompt(f"a {a}")).values()), (i, a)
+
+
 def test_degrade_is_deterministic_and_changes_pixels():
     image = render_sample(FRESH_SEED, 1).image
     strength = Degradation(warp=1.0, blur=1.0, jitter=10.0, noise=8.0)

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .classifier import classify, load_weights
+from .layout import COUNTS
 from .render import IMAGE_SIZE
 from .scene import WEARING, Box, Scene, position_of, relation_holds, size_of, wearing_holds
 from .segment import segment
@@ -82,8 +83,15 @@ def judge_ok(image: Image.Image, spec: Spec) -> bool:
 def check_reading(reading: Reading, spec: Spec) -> dict[str, bool]:
     """The verdicts of ``judge`` for an image already read."""
     objects, wanted = reading.objects, spec.objects
-    if spec.count is not None:
-        return _check_count(reading, spec)
+    verdicts = _check_count(reading, spec) if spec.count is not None else _check_objects(reading, spec)
+    if len(objects) > MAX_OBJECTS:
+        return dict.fromkeys(verdicts, False)
+    return verdicts
+
+
+def _check_objects(reading: Reading, spec: Spec) -> dict[str, bool]:
+    """Every case but counting: the wanted objects are there (more may be), with what is asked of them."""
+    objects, wanted = reading.objects, spec.objects
     verdicts = {"objects": _assignable(objects, wanted, _same_kind)}
     if spec.exact:
         verdicts["count"] = len(objects) == len(wanted)
@@ -112,6 +120,11 @@ def _check_count(reading: Reading, spec: Spec) -> dict[str, bool]:
         verdicts["background"] = reading.background == spec.background
     return verdicts
 
+
+# No scene of the world holds more objects than this. An image read as more is clutter (noise, an
+# untrained model's blotches), not a picture of the world: it fails every check, however many of
+# its blobs happen to be classified as the kinds a prompt names.
+MAX_OBJECTS = max(COUNTS)
 
 Match = Callable[[Detection, ObjectSpec], bool]
 
