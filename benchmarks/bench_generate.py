@@ -14,16 +14,18 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from latentgen import GenerationRequest, Pipeline, Sampler, load_model
+from latentgen import GenerationRequest, Pipeline, load_model
 from latentgen.tiny import bench_model, reference_pipeline
 
 HERE = Path(__file__).parent
@@ -36,10 +38,25 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def run_process(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak resident MiB) of one child process; raises if it fails."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}")
+    return wall, usage.ru_maxrss / 1024  # Linux reports KiB
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=None, help="default: the model's")
+    ap.add_argument("--guidance", type=float, default=None, help="default: the model's")
+    ap.add_argument("--sampler", default=None, help="default: the model's")
+    ap.add_argument("--sizes", default="1,16", help="images per call to measure")
     ap.add_argument(
         "--model", default=None, help="default: builtin if installed, else the small random model"
     )
@@ -50,15 +67,16 @@ def main() -> None:
 
     model = load_model(model_arg, device="cpu", dtype="fp32")
     ours = Pipeline(model)
-    theirs = reference_pipeline(model, Sampler.DPM_SOLVER)
+    base = GenerationRequest(
+        PROMPT, steps=args.steps, guidance=args.guidance, sampler=args.sampler, seed=0
+    ).resolve(model.source)
+    steps, guidance, sampler = base.steps, base.guidance, base.sampler
+    theirs = reference_pipeline(model, sampler)
     size = model.source.default_size
-    steps, guidance = args.steps, 7.5
+    sizes = [int(n) for n in args.sizes.split(",")]
 
     def run_ours(n: int):
-        req = GenerationRequest(
-            PROMPT, steps=steps, guidance=guidance, sampler=Sampler.DPM_SOLVER, seed=0, num_images=n
-        )
-        ours.generate(req, batch_size=n)
+        ours.generate(replace(base, num_images=n), batch_size=n)
 
     def run_theirs(n: int):
         theirs(
@@ -71,7 +89,7 @@ def main() -> None:
         )
 
     results = {}
-    for n in (1, 8):
+    for n in sizes:
         run_ours(n), run_theirs(n)  # warm-up
         t_ours, t_theirs = [], []
         for _ in range(args.repeats):  # alternate, so drift in machine load hits both alike
@@ -85,20 +103,38 @@ def main() -> None:
             "runs_diffusers": t_theirs,
         }
 
-    cli = [sys.executable, "-m", "latentgen", "generate", PROMPT, "--model", model_arg, "--steps", str(steps)]
-    walls = []
-    for i in range(args.repeats):
-        out = tmp / f"cli-{i}.png"
-        walls.append(
-            timed(lambda out=out: subprocess.run([*cli, "--seed", "0", "--out", str(out), "-q"], check=True))
-        )
+    cli = [sys.executable, "-m", "latentgen", "generate", PROMPT, "--model", model_arg]
+    cli += [
+        "--steps",
+        str(steps),
+        "--guidance",
+        str(guidance),
+        "--sampler",
+        sampler.value,
+        "--seed",
+        "0",
+        "-q",
+    ]
+    processes = {}
+    for n in sizes:
+        walls, peaks = [], []
+        for i in range(args.repeats):
+            out = tmp / f"cli-{n}-{i}"
+            wall, peak = run_process([*cli, "-n", str(n), "--out", str(out)])
+            walls.append(wall), peaks.append(peak)
+            shutil.rmtree(out, ignore_errors=True)
+        processes[f"{n}_images"] = {
+            "wall_s": statistics.median(walls),
+            "peak_rss_mib": max(peaks),
+            "wall_runs": walls,
+        }
     import_s = timed(lambda: subprocess.run([sys.executable, "-c", "import latentgen.api"], check=True))
 
     report = {
         "model": model_label,
         "image_size": size,
         "steps": steps,
-        "sampler": "dpm-solver (DPM++ 2M)",
+        "sampler": sampler.value,
         "guidance": guidance,
         "device": "cpu",
         "dtype": "fp32",
@@ -107,8 +143,7 @@ def main() -> None:
         "machine": platform.machine(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "per_image": results,
-        "cli_process_wall_s": statistics.median(walls),
-        "cli_process_wall_runs": walls,
+        "cli_process": processes,
         "import_latentgen_api_s": import_s,
         "repeats": args.repeats,
     }
@@ -116,13 +151,13 @@ def main() -> None:
     lines = [
         "# `make bench`: latentgen vs diffusers StableDiffusionPipeline",
         "",
-        f"Model: {model_label}, {size}×{size}, {steps} steps DPM++ 2M, CFG {guidance}, CPU fp32, "
+        f"Model: {model_label}, {size}×{size}, {steps} steps {sampler.value}, CFG {guidance}, CPU fp32, "
         f"{torch.get_num_threads()} threads, median of {args.repeats} alternating runs.",
         "",
         "| images per call | latentgen s/image | diffusers s/image | ratio latentgen/diffusers |",
         "|---|---|---|---|",
     ]
-    for n in (1, 8):
+    for n in sizes:
         r = results[f"{n}_images"]
         lines.append(
             f"| {n} | {r['latentgen_s_per_image']:.3f} | {r['diffusers_s_per_image']:.3f} | "
@@ -130,10 +165,15 @@ def main() -> None:
         )
     lines += [
         "",
-        f"One whole `latentgen generate` process (start, import, load, 1 image, write): "
-        f"{report['cli_process_wall_s']:.2f} s (median); `import latentgen.api` alone: {import_s:.2f} s.",
+        "Whole `latentgen generate` processes (start, import, load, generate, write PNGs):",
         "",
+        "| images | wall time (median) | wall time per image | peak RSS |",
+        "|---|---|---|---|",
     ]
+    for n in sizes:
+        r = processes[f"{n}_images"]
+        lines.append(f"| {n} | {r['wall_s']:.2f} s | {r['wall_s'] / n:.3f} s | {r['peak_rss_mib']:.0f} MiB |")
+    lines += ["", f"`import latentgen.api` alone: {import_s:.2f} s.", ""]
     (HERE / "generate.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

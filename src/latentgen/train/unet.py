@@ -92,7 +92,7 @@ class UNetTrainConfig:
     snr_gamma: float = 0.0  # min-SNR-γ: the clean latents' error weighs min(SNR, γ); 0 = plain MSE
     # optimisation (AdamW, one optimiser for the U-Net and the text encoder)
     batch_size: int = 32
-    max_steps: int = 15_000
+    max_steps: int = 10_000
     lr: float = 3e-4
     warmup_steps: int = 500
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * this

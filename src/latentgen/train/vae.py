@@ -64,7 +64,7 @@ class VAETrainConfig:
     kl_weight: float = 1e-5  # on the KL per latent element, next to the per-pixel L1
     # optimisation (AdamW)
     batch_size: int = 32
-    max_steps: int = 3_000
+    max_steps: int = 1_200
     lr: float = 1e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05  # cosine decay ends at lr * this

@@ -1,0 +1,108 @@
+"""The built-in model as shipped: packaged like any checkpoint, the default, and it follows prompts.
+
+These run the real weights in ``src/latentgen/models/builtin`` (16×16 latents, so a few seconds on
+CPU); the prompt-following bar here is a smoke test, the measured scores are in the README.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from latentgen import GenerationRequest, Pipeline, load_model
+from latentgen.loader import BUILTIN_DIR, resolve_model
+from latentgen.metadata import read
+from latentgen.samplers import Sampler
+from latentgen.tiny import reference_pipeline
+from latentgen.world import judge_ok, parse_prompt, vocabulary
+
+pytestmark = pytest.mark.skipif(
+    not (BUILTIN_DIR / "model_index.json").is_file(), reason="the built-in model is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    return load_model("builtin", device="cpu", dtype="fp32")
+
+
+def test_shipped_as_fp16_safetensors_in_diffusers_layout_under_50_mb():
+    index = json.loads((BUILTIN_DIR / "model_index.json").read_text())
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert part in index and (BUILTIN_DIR / part).is_dir(), part
+    files = [p for p in BUILTIN_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 50 * 2**20
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt", ".pth")]
+    assert {p.parent.name for p in weights} == {"unet", "vae", "text_encoder"}
+    assert all(p.suffix == ".safetensors" for p in weights)
+    from safetensors import safe_open
+
+    for path in weights:
+        with safe_open(path, "pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}, path
+
+
+def test_resolves_with_defaults_and_vocabulary_from_its_own_config():
+    source = resolve_model("builtin")
+    assert source.family == "builtin"
+    assert source.vae_scale_factor == 4 and source.default_size == 64
+    assert source.defaults.steps > 0 and source.defaults.guidance > 1
+    assert set(source.vocabulary) == set(vocabulary())
+
+
+def test_is_the_default_model_of_generate(run_cli, tmp_path):
+    out = tmp_path / "cat.png"
+    code, _stdout, err = run_cli("generate", "a cat wearing a hat", "--seed", 0, "--out", out)
+    assert code == 0, err
+    rec = read(out)
+    assert rec["model"]["name"] == "builtin"
+    assert Image.open(out).size == (64, 64)
+
+
+def test_matches_diffusers_pipeline_on_its_components(builtin):
+    """Pooled text in the time embedding and v-prediction: still a plain StableDiffusionPipeline."""
+    req = GenerationRequest("a red circle above a blue square", steps=8, sampler=Sampler.DDIM, seed=3)
+    ours = Pipeline(builtin).generate(req.resolve(builtin.source))[0].image
+    r = req.resolve(builtin.source)
+    theirs = reference_pipeline(builtin, Sampler.DDIM)(
+        r.prompt,
+        num_inference_steps=8,
+        guidance_scale=r.guidance,
+        width=64,
+        height=64,
+        generator=torch.Generator("cpu").manual_seed(3),
+    ).images[0]
+    diff = np.abs(np.asarray(ours, np.int16) - np.asarray(theirs, np.int16))
+    assert diff.max() <= 1
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["a cat wearing a hat", "a red circle", "two blue squares", "a green star above a yellow heart"],
+)
+def test_follows_prompts_of_its_world(builtin, prompt):
+    made = Pipeline(builtin).generate(GenerationRequest(prompt, seed=0, num_images=4), batch_size=4)
+    judged = [judge_ok(g.image, parse_prompt(prompt)) for g in made]
+    assert sum(judged) >= 3, (prompt, judged)
+
+
+def test_different_prompts_give_different_pictures(builtin):
+    pipe = Pipeline(builtin)
+    a = pipe.generate(GenerationRequest("a red circle", seed=1))[0].image
+    b = pipe.generate(GenerationRequest("a blue square", seed=1))[0].image
+    assert not judge_ok(a, parse_prompt("a blue square")) or not judge_ok(b, parse_prompt("a red circle"))
+    assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).mean() > 10
+
+
+def test_warns_naming_words_it_never_saw(run_cli, tmp_path):
+    code, _stdout, err = run_cli(
+        "generate", "a dragon on a red circle", "--seed", 0, "--steps", 2, "--out", tmp_path / "d.png"
+    )
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if "never saw" in line]
+    assert len(warning) == 1 and "dragon" in warning[0] and "--model" in warning[0]
+    assert "circle" not in warning[0].split("never saw")[1].split(";")[0]
