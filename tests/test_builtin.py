@@ -43,7 +43,7 @@ def test_shipped_as_fp16_safetensors_in_diffusers_layout_under_50_mb():
 
     for path in weights:
         with safe_open(path, "pt") as f:
-            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}, path
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}, path  # noqa: SIM118
 
 
 def test_resolves_with_defaults_and_vocabulary_from_its_own_config():

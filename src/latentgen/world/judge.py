@@ -82,9 +82,8 @@ def judge_ok(image: Image.Image, spec: Spec) -> bool:
 
 def check_reading(reading: Reading, spec: Spec) -> dict[str, bool]:
     """The verdicts of ``judge`` for an image already read."""
-    objects, wanted = reading.objects, spec.objects
     verdicts = _check_count(reading, spec) if spec.count is not None else _check_objects(reading, spec)
-    if len(objects) > MAX_OBJECTS:
+    if len(reading.objects) > MAX_OBJECTS:
         return dict.fromkeys(verdicts, False)
     return verdicts
 
