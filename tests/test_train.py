@@ -373,3 +373,24 @@ def test_train_cli_runs_a_tiny_vae_and_rejects_unknown_fields(run_cli, tmp_path)
     assert code == 2 and "expected KEY=VALUE with KEY one of" in err
     code, _, err = run_cli("train", "vae", "--run", tmp_path / "v2", "--set", "batch_size=big")
     assert code == 2 and "'big' is not a valid int" in err
+
+
+def test_init_from_an_export_starts_from_its_weights(folder, unet_run, tmp_path):
+    """Training can continue past a finished run (e.g. on a new machine) from the exported model."""
+    out = export_model(unet_run, tmp_path / "model")
+    cfg = UNetTrainConfig.tiny(run_dir=str(tmp_path / "more"), vae="nowhere", data=str(folder))
+    train_unet(replace(cfg, init_from=str(out)), stop_at=0)
+    start = checkpoint_tensors(tmp_path / "more")
+    exported = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert torch.equal(start["model.unet.conv_in.weight"], exported["conv_in.weight"].float())
+    assert torch.equal(start["ema.unet.conv_in.weight"], exported["conv_in.weight"].float())
+    text = load_file(str(out / "text_encoder" / "model.safetensors"))
+    key = next(k for k in text if k.endswith("token_embedding.weight"))
+    assert torch.equal(start["model.text_encoder.embeddings.token_embedding.weight"], text[key].float())
+    train_unet(replace(cfg, init_from=str(out)))  # and it trains on from there
+
+    wider = replace(cfg, run_dir=str(tmp_path / "wider"), init_from=str(out), block_out_channels=(8, 24))
+    with pytest.raises(UsageError, match="does not fit this config's unet"):
+        train_unet(wider)
+    with pytest.raises(UsageError, match="not a model folder"):
+        train_unet(replace(cfg, run_dir=str(tmp_path / "none"), init_from=str(tmp_path)))

@@ -55,6 +55,11 @@ log = logging.getLogger("latentgen.train")
 class UNetTrainConfig:
     run_dir: str = "runs/unet"  # checkpoints, cached latents, samples, train.log; rerun to resume
     vae: str = "runs/vae"  # a finished VAE run folder, or any diffusers AutoencoderKL folder
+    # Start from a trained model instead of random weights: a diffusers folder made by export_model
+    # (or "builtin"). Its U-Net, text encoder, VAE and tokenizer are used (``vae`` is then ignored);
+    # the model config must be the one it was trained with. The optimiser and schedule start afresh.
+    # This is how training continues past a finished run, e.g. in a later session on a new machine.
+    init_from: str = ""
     # data
     data: str = "world"  # "world" (the built-in renderer) or a folder of name.png + name.txt pairs
     num_images: int = 50_000  # images encoded once and cached (8 KB of posterior each at 16×16×4)
@@ -341,6 +346,54 @@ def _load_vae(path: Path):
     return AutoencoderKL.from_pretrained(folder, use_safetensors=True).eval().requires_grad_(False)
 
 
+def _init_folder(name: str) -> Path:
+    from latentgen.loader import BUILTIN_DIR
+
+    folder = BUILTIN_DIR if name == "builtin" else Path(name)
+    parts = ("unet", "text_encoder", "vae", "tokenizer")
+    missing = [p for p in parts if not (folder / p).is_dir()]
+    if missing:
+        raise UsageError(
+            f"init_from {name!r} is not a model folder made by `latentgen train export` "
+            f"(missing {', '.join(missing)}/)"
+        )
+    return folder
+
+
+def _check_same_tokenizer(tokenizer, folder: Path) -> None:
+    from transformers import CLIPTokenizer
+
+    theirs = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    if theirs.get_vocab() != tokenizer.get_vocab() or theirs.model_max_length != tokenizer.model_max_length:
+        raise UsageError(
+            f"init_from {str(folder)!r} was trained with another vocabulary or max_tokens; "
+            "continue it with the data and max_tokens it was trained with"
+        )
+
+
+def _load_init_weights(modules: dict[str, torch.nn.Module], folder: Path) -> None:
+    """Load ``folder``'s U-Net and text encoder (safetensors only) into the freshly built modules."""
+    for name, module in modules.items():
+        files = sorted((folder / name).glob("*.safetensors"))
+        if len(files) != 1:
+            raise UsageError(f"expected one .safetensors file in {folder / name}, found {len(files)}")
+        state = {k: v.float() for k, v in load_file(str(files[0])).items()}
+        try:
+            missing, unexpected = module.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatch
+            raise UsageError(
+                f"{files[0]} does not fit this config's {name} ({str(e).splitlines()[-1].strip()}); "
+                "use the model config it was trained with"
+            ) from None
+        if missing or unexpected:
+            raise UsageError(
+                f"{files[0]} does not fit this config's {name} ({len(missing)} weights missing, "
+                f"{len(unexpected)} unexpected, e.g. {(missing + unexpected)[0]}); "
+                "use the model config it was trained with"
+            )
+    log.info("initialised the U-Net and text encoder from %s", folder)
+
+
 # --- sampling, for the grids ----------------------------------------------------------------------
 
 
@@ -409,7 +462,10 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
             held_out = load_data(cfg.data, 8, cfg.data_seed, cfg.resolution, held_out=True)
             vocabulary = _vocabulary(cfg, train)
             tokenizer = build_tokenizer(vocabulary, run_dir / "tokenizer", cfg.max_tokens)
-            vae = _load_vae(Path(cfg.vae))
+            init = _init_folder(cfg.init_from) if cfg.init_from else None
+            if init is not None:
+                _check_same_tokenizer(tokenizer, init)
+            vae = _load_vae(init if init is not None else Path(cfg.vae))
             shutil.rmtree(run_dir / "vae", ignore_errors=True)
             vae.save_pretrained(run_dir / "vae", safe_serialization=True)
             (run_dir / "vocabulary.json").write_text(json.dumps(vocabulary) + "\n", encoding="utf-8")
@@ -438,6 +494,8 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
         text_encoder = build_text_encoder(cfg, tokenizer)
         unet = build_unet(cfg, latent_channels, latent_size)
         modules = {"unet": unet, "text_encoder": text_encoder}
+        if ckpt is None and cfg.init_from:
+            _load_init_weights(modules, _init_folder(cfg.init_from))
         params = [p for m in modules.values() for p in m.parameters()]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         ema = EMA(modules, cfg.ema_decay)
