@@ -41,7 +41,7 @@ def timed(fn) -> float:
 def run_process(cmd: list[str]) -> tuple[float, float]:
     """(wall seconds, peak resident MiB) of one child process; raises if it fails."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     _pid, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -120,7 +120,7 @@ def main() -> None:
         walls, peaks = [], []
         for i in range(args.repeats):
             out = tmp / f"cli-{n}-{i}"
-            wall, peak = run_process([*cli, "-n", str(n), "--out", str(out)])
+            wall, peak = run_process([*cli, "-N", str(n), "--batch-size", str(n), "--out", str(out)])
             walls.append(wall), peaks.append(peak)
             shutil.rmtree(out, ignore_errors=True)
         processes[f"{n}_images"] = {

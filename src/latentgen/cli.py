@@ -53,7 +53,12 @@ SamplerOpt = Annotated[str | None, typer.Option(help="ddim, dpm-solver, euler, e
 KarrasOpt = Annotated[bool | None, typer.Option("--karras/--no-karras", help="Karras sigmas.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed of image 0; image i uses seed+i. Default: random.")]
 NumImagesOpt = Annotated[int | None, typer.Option("--num-images", "-N", help="How many images.")]
-BatchSizeOpt = Annotated[int, typer.Option(help="Images per U-Net batch.")]
+# Default 1: then image i of -N is byte for byte a single run with seed S+i (and --replay of it is
+# exact). Larger batches are ~3x faster on CPU (built-in model, 16 images: 0.41 → 0.14 s/image) but
+# float sums differ with batch shape, so pixels may differ by 1 from the single runs.
+BatchSizeOpt = Annotated[
+    int, typer.Option(help="Images per U-Net batch: faster, pixels may differ by 1 from single runs.")
+]
 OutFileOpt = Annotated[
     Path | None, typer.Option("--out", "-o", help="A .png file for one image, else a folder.")
 ]
