@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from latentgen.errors import LatentgenError
-from latentgen.train.data import ImageCaptions, load_data
+from latentgen.train.data import WORLD, ImageCaptions, load_data
 from latentgen.train.run import (
     Progress,
     check_norm_groups,
@@ -61,10 +61,14 @@ class VAETrainConfig:
     init_logvar: float = -6.0  # start nearly deterministic, so the decoder sees the latents from step 1
     # loss
     edge_weight: float = 0.5  # L1 on horizontal and vertical pixel differences
+    # Extra L1 weight on object pixels (those far from the image's border colour). Objects are ~10% of
+    # a world image, so plain L1/PSNR let them blur: candidate 1's VAE (26.2 dB) passed the judge on
+    # only 44.5% of round trips. 0 = plain L1.
+    object_weight: float = 4.0
     kl_weight: float = 1e-5  # on the KL per latent element, next to the per-pixel L1
     # optimisation (AdamW)
     batch_size: int = 32
-    max_steps: int = 1_200
+    max_steps: int = 3_000
     lr: float = 1e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05  # cosine decay ends at lr * this
@@ -126,11 +130,22 @@ def vae_loss(
     recon: torch.Tensor, pixels: torch.Tensor, posterior, cfg: VAETrainConfig
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its parts. ``recon``, ``pixels``: ``[B, 3, H, W]`` in [-1, 1]."""
-    l1 = (recon - pixels).abs().mean()
+    error = (recon - pixels).abs()
+    l1 = error.mean()
+    if cfg.object_weight:
+        l1 = l1 + cfg.object_weight * (error * object_mask(pixels)).mean()
     edge = (_dx(recon) - _dx(pixels)).abs().mean() + (_dy(recon) - _dy(pixels)).abs().mean()
     kl = posterior.kl().mean() / posterior.mean[0].numel()  # kl() sums over [C, h, w]
     loss = l1 + cfg.edge_weight * edge + cfg.kl_weight * kl
     return loss, {"loss": loss.item(), "l1": l1.item(), "kl": kl.item()}
+
+
+def object_mask(pixels: torch.Tensor, threshold: float = 0.2) -> torch.Tensor:
+    """``[B, 1, H, W]``: 1.0 where a pixel differs from its image's border colour (median of the frame)
+    by more than ``threshold`` in some channel (pixels in [-1, 1]), else 0.0."""
+    frame = torch.cat([pixels[..., 0, :], pixels[..., -1, :], pixels[..., :, 0], pixels[..., :, -1]], -1)
+    background = frame.median(dim=-1).values[..., None, None]  # [B, 3, 1, 1]
+    return ((pixels - background).abs().amax(1, keepdim=True) > threshold).float()
 
 
 def _dx(x: torch.Tensor) -> torch.Tensor:
@@ -139,6 +154,14 @@ def _dx(x: torch.Tensor) -> torch.Tensor:
 
 def _dy(x: torch.Tensor) -> torch.Tensor:
     return x[..., 1:, :] - x[..., :-1, :]
+
+
+@torch.no_grad()
+def _quality(vae, held_out: ImageCaptions, cfg: VAETrainConfig) -> str:
+    text = f"PSNR {reconstruction_psnr(vae, held_out):.2f} dB"
+    if cfg.data == WORLD:
+        text += f", judge accepts {100 * reconstruction_judged(vae, held_out):.1f}% of round trips"
+    return text
 
 
 @torch.no_grad()
@@ -151,6 +174,24 @@ def reconstruction_psnr(vae, data: ImageCaptions, batch_size: int = 64) -> float
         mse = ((recon - pixels) / 2).pow(2).flatten(1).mean(1).clamp_min(1e-10)
         scores.append(-10 * torch.log10(mse))
     return torch.cat(scores).mean().item()
+
+
+@torch.no_grad()
+def reconstruction_judged(vae, data: ImageCaptions, batch_size: int = 64) -> float:
+    """Fraction of round trips (encode, decode) the world's judge accepts for the image's first caption:
+    the ceiling of any U-Net trained on this VAE's latents. For world data only."""
+    from PIL import Image
+
+    from latentgen.world import judge_ok, parse_prompt
+
+    passed = 0
+    for start in range(0, len(data), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(data)))
+        recon = vae.decode(vae.encode(data.pixels(index)).latent_dist.mode()).sample.clamp(-1, 1)
+        images = ((recon + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        for i, image in zip(index.tolist(), images, strict=True):
+            passed += judge_ok(Image.fromarray(image), parse_prompt(data.captions[i][0]))
+    return passed / len(data)
 
 
 @torch.no_grad()
@@ -246,7 +287,7 @@ def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None) -> Path:
 
             progress.update(step, lr, **parts)
             if step % cfg.eval_every == 0 and step < cfg.max_steps:
-                log.info("step %d: held-out PSNR %.2f dB", step, reconstruction_psnr(vae, held_out))
+                log.info("step %d: held-out %s", step, _quality(vae, held_out, cfg))
             if stop.is_set():
                 checkpoint()
                 raise KeyboardInterrupt
@@ -263,17 +304,21 @@ def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None) -> Path:
         mean, std = latent_stats(vae, train)
         vae.register_to_config(scaling_factor=1.0 / std)
         psnr = reconstruction_psnr(vae, held_out)
+        judged = reconstruction_judged(vae, held_out) if cfg.data == WORLD else None
         vae.save_pretrained(run_dir / "vae", safe_serialization=True)
         total = elapsed + time.monotonic() - t_start
         metrics = {
             "steps": step,
             "held_out_psnr_db": round(psnr, 3),
+            "held_out_judged": judged,
             "latent_mean": mean,
             "latent_std": std,
             "scaling_factor": 1.0 / std,
             "train_time_s": round(total, 1),
         }
         write_json(run_dir / "metrics.json", metrics)
+        if judged is not None:
+            log.info("VAE round trips the judge accepts (ceiling of the U-Net): %.1f%%", 100 * judged)
         log.info(
             "VAE done in %s: held-out PSNR %.2f dB, latent mean %.3f std %.3f, scaling_factor %.4f; in %s",
             format_duration(total),
