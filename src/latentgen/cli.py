@@ -102,7 +102,7 @@ def generate(
     """Generate images from a text prompt (img2img with --init-image)."""
     from latentgen.api import GenerationRequest, load_model, resolve_model
     from latentgen.edit import EditRequest, iter_edit, prepare_edit
-    from latentgen.metadata import edit_of, read, record, request_of
+    from latentgen.metadata import edit_of, read, request_of
     from latentgen.outputs import OutputPlan
     from latentgen.pipeline import Pipeline
 
@@ -161,12 +161,19 @@ def generate(
             images = iter_edit(pipe, job, batch_size=batch_size, progress=bar)
         else:
             images = pipe.iter_generate(request, batch_size=batch_size, progress=bar)
-        for gen in images:
-            path = plan.write(gen)
-            if json_out:
-                print(json.dumps({"path": str(path), **record(gen)}, ensure_ascii=False), flush=True)
-            else:
-                print(path, flush=True)
+        _write_all(images, plan, json_out)
+
+
+def _write_all(images, plan, json_out: bool) -> None:
+    """Write each image as it comes and print its path (or, with --json, its path and record)."""
+    from latentgen.metadata import record
+
+    for gen in images:
+        path = plan.write(gen)
+        if json_out:
+            print(json.dumps({"path": str(path), **record(gen)}, ensure_ascii=False), flush=True)
+        else:
+            print(path, flush=True)
 
 
 @app.command()
@@ -206,7 +213,6 @@ def inpaint(
     """Repaint part of an image (inpaint), or grow it and paint the new border (outpaint, --expand)."""
     from latentgen.api import GenerationRequest, load_model, resolve_model
     from latentgen.edit import EditRequest, iter_edit, parse_expand, prepare_edit
-    from latentgen.metadata import record
     from latentgen.outputs import OutputPlan
     from latentgen.pipeline import Pipeline
 
@@ -242,12 +248,7 @@ def inpaint(
     pipe = Pipeline(load_model(source, device=device, dtype=dtype))
     batches = -(-job.request.num_images // batch_size)
     with _progress(batches * job.steps, quiet) as bar:
-        for gen in iter_edit(pipe, job, batch_size=batch_size, progress=bar):
-            path = plan.write(gen)
-            if json_out:
-                print(json.dumps({"path": str(path), **record(gen)}, ensure_ascii=False), flush=True)
-            else:
-                print(path, flush=True)
+        _write_all(iter_edit(pipe, job, batch_size=batch_size, progress=bar), plan, json_out)
 
 
 @app.command()

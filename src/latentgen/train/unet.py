@@ -445,6 +445,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
     if cfg.prediction_type not in ("epsilon", "v_prediction"):
         raise UsageError(f"prediction_type {cfg.prediction_type!r} must be 'epsilon' or 'v_prediction'")
     run_dir = Path(cfg.run_dir)
+    init = None  # the folder a new run starts from (init_from); a resumed run needs only its checkpoint
     with run_context(run_dir, cfg.threads) as stop:
         ckpt = load_checkpoint(run_dir)
         check_resume(ckpt, cfg)
@@ -494,8 +495,8 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
         text_encoder = build_text_encoder(cfg, tokenizer)
         unet = build_unet(cfg, latent_channels, latent_size)
         modules = {"unet": unet, "text_encoder": text_encoder}
-        if ckpt is None and cfg.init_from:
-            _load_init_weights(modules, _init_folder(cfg.init_from))
+        if init is not None:
+            _load_init_weights(modules, init)
         params = [p for m in modules.values() for p in m.parameters()]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         ema = EMA(modules, cfg.ema_decay)

@@ -156,42 +156,43 @@ def _dy(x: torch.Tensor) -> torch.Tensor:
     return x[..., 1:, :] - x[..., :-1, :]
 
 
-@torch.no_grad()
 def _quality(vae, held_out: ImageCaptions, cfg: VAETrainConfig) -> str:
-    text = f"PSNR {reconstruction_psnr(vae, held_out):.2f} dB"
-    if cfg.data == WORLD:
-        text += f", judge accepts {100 * reconstruction_judged(vae, held_out):.1f}% of round trips"
+    psnr, judged = reconstruction_quality(vae, held_out, judge=cfg.data == WORLD)
+    text = f"PSNR {psnr:.2f} dB"
+    if judged is not None:
+        text += f", judge accepts {100 * judged:.1f}% of round trips"
     return text
 
 
 @torch.no_grad()
-def reconstruction_psnr(vae, data: ImageCaptions, batch_size: int = 64) -> float:
-    """Mean per-image PSNR (dB, pixels in [0, 1]) of decoding the posterior mean of each image."""
-    scores = []
-    for start in range(0, len(data), batch_size):
-        pixels = data.pixels(torch.arange(start, min(start + batch_size, len(data))))
-        recon = vae.decode(vae.encode(pixels).latent_dist.mode()).sample.clamp(-1, 1)
-        mse = ((recon - pixels) / 2).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-        scores.append(-10 * torch.log10(mse))
-    return torch.cat(scores).mean().item()
-
-
-@torch.no_grad()
-def reconstruction_judged(vae, data: ImageCaptions, batch_size: int = 64) -> float:
-    """Fraction of round trips (encode, decode) the world's judge accepts for the image's first caption:
-    the ceiling of any U-Net trained on this VAE's latents. For world data only."""
+def reconstruction_quality(
+    vae, data: ImageCaptions, *, judge: bool, batch_size: int = 64
+) -> tuple[float, float | None]:
+    """One round trip (encode, decode the posterior mean) of every image, and two readings of it:
+    the mean per-image PSNR (dB, pixels in [0, 1]) and, with ``judge`` (world data only), the
+    fraction the world's judge accepts for the image's first caption: the ceiling of any U-Net
+    trained on this VAE's latents."""
     from PIL import Image
 
     from latentgen.world import judge_ok, parse_prompt
 
-    passed = 0
+    scores, passed = [], 0
     for start in range(0, len(data), batch_size):
         index = torch.arange(start, min(start + batch_size, len(data)))
-        recon = vae.decode(vae.encode(data.pixels(index)).latent_dist.mode()).sample.clamp(-1, 1)
-        images = ((recon + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        for i, image in zip(index.tolist(), images, strict=True):
-            passed += judge_ok(Image.fromarray(image), parse_prompt(data.captions[i][0]))
-    return passed / len(data)
+        pixels = data.pixels(index)
+        recon = vae.decode(vae.encode(pixels).latent_dist.mode()).sample.clamp(-1, 1)
+        mse = ((recon - pixels) / 2).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+        scores.append(-10 * torch.log10(mse))
+        if judge:
+            images = ((recon + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            for i, image in zip(index.tolist(), images, strict=True):
+                passed += judge_ok(Image.fromarray(image), parse_prompt(data.captions[i][0]))
+    return torch.cat(scores).mean().item(), (passed / len(data) if judge else None)
+
+
+def reconstruction_judged(vae, data: ImageCaptions, batch_size: int = 64) -> float:
+    """Fraction of round trips the world's judge accepts (see :func:`reconstruction_quality`)."""
+    return reconstruction_quality(vae, data, judge=True, batch_size=batch_size)[1]
 
 
 @torch.no_grad()
@@ -303,8 +304,7 @@ def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None) -> Path:
         vae.eval()
         mean, std = latent_stats(vae, train)
         vae.register_to_config(scaling_factor=1.0 / std)
-        psnr = reconstruction_psnr(vae, held_out)
-        judged = reconstruction_judged(vae, held_out) if cfg.data == WORLD else None
+        psnr, judged = reconstruction_quality(vae, held_out, judge=cfg.data == WORLD)
         vae.save_pretrained(run_dir / "vae", safe_serialization=True)
         total = elapsed + time.monotonic() - t_start
         metrics = {
