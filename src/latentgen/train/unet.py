@@ -66,15 +66,21 @@ class UNetTrainConfig:
     data_seed: int = 0  # world stream to render
     resolution: int = 64
     # text encoder: a CLIP text transformer trained from scratch on the tokenizer's vocabulary
-    max_tokens: int = 32  # context length, BOS and EOS included (tokenizer model_max_length too)
+    # context length, BOS and EOS included (tokenizer model_max_length too). The world's longest
+    # caption is 18 tokens; every token costs text-encoder and cross-attention time on every step.
+    max_tokens: int = 24
     text_hidden: int = 256  # also the U-Net's cross_attention_dim
     text_layers: int = 4
     text_heads: int = 4
-    text_mlp: int = 1024
-    # U-Net (cross-attention at every resolution); latents are resolution / VAE factor a side
-    # At 16×16, 8×8, 4×4, 2×2 (factor-4 VAE): 12.1M parameters. For a factor-8 VAE, (64, 128, 192)
-    # costs as much per level at 8×8, 4×4, 2×2 and takes 2/3 of the time a step.
-    block_out_channels: tuple[int, ...] = (32, 64, 128, 192)
+    text_mlp: int = 512
+    # U-Net; latents are resolution / VAE factor a side: 16×16, 8×8, 4×4, 2×2 (factor-4 VAE), 12.7M
+    # parameters. The 16×16 level draws the objects' outlines: 64 channels there instead of 32 cost
+    # 11% more time a step (it has no attention, see below).
+    block_out_channels: tuple[int, ...] = (64, 64, 128, 192)
+    # Self- and cross-attention at each level (1) or plain res-blocks only (0). Measured (batch 32,
+    # 1 thread): attention over the 256 positions of the 16×16 level cost 30% of a training step;
+    # the 8×8, 4×4 and 2×2 levels still see the whole canvas and the text. Empty: every level.
+    attention: tuple[int, ...] = (0, 1, 1, 1)
     layers_per_block: int = 1
     attention_heads: int = 4  # passed as diffusers' `attention_head_dim`, which means heads here
     norm_num_groups: int = 8  # 4-24 channels a group, as SD's 10-40 (32 groups would leave 1-6)
@@ -97,8 +103,8 @@ class UNetTrainConfig:
     snr_gamma: float = 0.0  # min-SNR-γ: the clean latents' error weighs min(SNR, γ); 0 = plain MSE
     # optimisation (AdamW, one optimiser for the U-Net and the text encoder)
     batch_size: int = 32
-    max_steps: int = 10_000
-    lr: float = 3e-4
+    max_steps: int = 15_000
+    lr: float = 5e-4
     warmup_steps: int = 500
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * this
     weight_decay: float = 0.01
@@ -123,6 +129,7 @@ class UNetTrainConfig:
             text_heads=2,
             text_mlp=32,
             block_out_channels=(8, 16),
+            attention=(),
             attention_heads=2,
             norm_num_groups=4,
             batch_size=4,
@@ -159,12 +166,17 @@ def build_unet(cfg: UNetTrainConfig, latent_channels: int, latent_size: int):
 
     check_norm_groups(cfg.block_out_channels, cfg.norm_num_groups)
     n = len(cfg.block_out_channels)
+    attention = cfg.attention or (1,) * n
+    if len(attention) != n or not any(attention):
+        raise UsageError(
+            f"attention={attention} needs one 0/1 entry per block_out_channels entry ({n}) and at least one 1"
+        )
     return UNet2DConditionModel(
         sample_size=latent_size,
         in_channels=latent_channels,
         out_channels=latent_channels,
-        down_block_types=("CrossAttnDownBlock2D",) * n,
-        up_block_types=("CrossAttnUpBlock2D",) * n,
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
         block_out_channels=cfg.block_out_channels,
         layers_per_block=cfg.layers_per_block,
         cross_attention_dim=cfg.text_hidden,
