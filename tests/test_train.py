@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from latentgen.errors import OutputExistsError, UsageError
 from latentgen.train import UNetTrainConfig, VAETrainConfig, export_model, train_unet, train_vae
 from latentgen.train.data import caption_words, load_data
-from latentgen.train.unet import build_tokenizer
+from latentgen.train.unet import build_tokenizer, build_unet
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220)}
 
@@ -205,6 +205,26 @@ def test_resume_refuses_another_config(folder, tmp_path):
 
 
 # --- U-Net + text encoder -------------------------------------------------------------------------
+
+
+def test_unet_attention_only_at_the_levels_asked():
+    cfg = UNetTrainConfig.tiny(block_out_channels=(8, 16, 16), attention=(0, 1, 1))
+    unet = build_unet(cfg, latent_channels=4, latent_size=8)
+    assert [type(b).__name__ for b in unet.down_blocks] == [
+        "DownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+    ]
+    assert [type(b).__name__ for b in unet.up_blocks] == [
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "UpBlock2D",
+    ]
+    every = build_unet(replace(cfg, attention=()), latent_channels=4, latent_size=8)
+    assert all(type(b).__name__.startswith("CrossAttn") for b in [*every.down_blocks, *every.up_blocks])
+    for bad in [(0, 1), (0, 0, 0)]:
+        with pytest.raises(UsageError, match="attention="):
+            build_unet(replace(cfg, attention=bad), latent_channels=4, latent_size=8)
 
 
 def test_unet_trains_from_cached_latents(unet_run):
