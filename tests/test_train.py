@@ -196,6 +196,29 @@ def test_ctrl_c_checkpoints_then_resumes_to_the_same_state(folder, vae_run, tmp_
     assert_same_state(vae_run, tmp_path / "vae")
 
 
+def test_decoder_finetune_keeps_the_latents_and_their_scale(folder, vae_run, tmp_path):
+    from diffusers import AutoencoderKL
+
+    cfg = VAETrainConfig.tiny(
+        run_dir=str(tmp_path / "dec"), data=str(folder), init_from=str(vae_run), train_encoder=False, lr=1e-2
+    )
+    before, after = (AutoencoderKL.from_pretrained(p / "vae") for p in (vae_run, train_vae(cfg)))
+    b, a = before.state_dict(), after.state_dict()
+    encoder = [k for k in b if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in b if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder and all(torch.equal(a[k], b[k]) for k in encoder)
+    assert any(not torch.equal(a[k], b[k]) for k in decoder)
+    assert after.config.scaling_factor == before.config.scaling_factor
+
+
+def test_decoder_finetune_needs_a_vae_to_start_from(folder, tmp_path):
+    cfg = VAETrainConfig.tiny(run_dir=str(tmp_path / "dec"), data=str(folder), train_encoder=False)
+    with pytest.raises(UsageError, match="train_encoder=false needs init_from"):
+        train_vae(cfg)
+    with pytest.raises(UsageError, match="holds no finished VAE"):
+        train_vae(replace(cfg, run_dir=str(tmp_path / "dec2"), init_from=str(tmp_path)))
+
+
 def test_resume_refuses_another_config(folder, tmp_path):
     cfg = VAETrainConfig.tiny(run_dir=str(tmp_path / "vae"), data=str(folder), max_steps=2)
     train_vae(cfg, stop_at=1)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from latentgen.errors import LatentgenError
+from latentgen.errors import LatentgenError, UsageError
 from latentgen.train.data import WORLD, ImageCaptions, load_data
 from latentgen.train.run import (
     Progress,
@@ -69,6 +69,11 @@ class VAETrainConfig:
     # only 44.5% of round trips. 0 = plain L1.
     object_weight: float = 4.0
     kl_weight: float = 1e-5  # on the KL per latent element, next to the per-pixel L1
+    # Continue from a finished VAE (a VAE run folder, a VAE folder, or a model folder with vae/; its
+    # model config must match this one). With ``train_encoder=False`` only the decoder learns: the
+    # latents, and so any U-Net trained on them, stay valid, and the scaling_factor is kept.
+    init_from: str = ""
+    train_encoder: bool = True
     # optimisation (AdamW)
     batch_size: int = 32
     max_steps: int = 2_000
@@ -149,6 +154,26 @@ def object_mask(pixels: torch.Tensor, threshold: float = 0.2) -> torch.Tensor:
     frame = torch.cat([pixels[..., 0, :], pixels[..., -1, :], pixels[..., :, 0], pixels[..., :, -1]], -1)
     background = frame.median(dim=-1).values[..., None, None]  # [B, 3, 1, 1]
     return ((pixels - background).abs().amax(1, keepdim=True) > threshold).float()
+
+
+def _load_init(vae, name: str) -> float:
+    """Load the weights of the finished VAE ``name`` into ``vae``; returns its scaling_factor."""
+    from diffusers import AutoencoderKL
+
+    path = Path(name)
+    folder = next((f for f in (path / "vae", path) if (f / "config.json").is_file()), None)
+    if folder is None:
+        raise UsageError(f"init_from {name!r} holds no finished VAE (expected {path}/vae/ or a VAE folder)")
+    source = AutoencoderKL.from_pretrained(folder, use_safetensors=True)
+    try:
+        vae.load_state_dict({k: v.float() for k, v in source.state_dict().items()})
+    except RuntimeError as e:
+        raise UsageError(
+            f"the VAE in {folder} does not fit this config ({str(e).splitlines()[1].strip()}); "
+            "use the model config it was trained with"
+        ) from None
+    log.info("initialised the VAE from %s", folder)
+    return float(source.config.scaling_factor)
 
 
 def _dx(x: torch.Tensor) -> torch.Tensor:
@@ -235,10 +260,17 @@ def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None) -> Path:
             time.monotonic() - t_data,
         )
 
-        # 2. model, optimiser, RNG: from the seed, or from the checkpoint
+        # 2. model, optimiser, RNG: from the seed (or init_from), or from the checkpoint
         torch.manual_seed(cfg.seed)
         vae = build_vae(cfg)
-        optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        init_scale = _load_init(vae, cfg.init_from) if cfg.init_from else None
+        if not cfg.train_encoder:
+            if init_scale is None:
+                raise UsageError("train_encoder=false needs init_from: a trained VAE whose latents to keep")
+            for part in (vae.encoder, vae.quant_conv):
+                part.requires_grad_(False)
+        trainable = [p for p in vae.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         step, elapsed = 0, 0.0
         if ckpt is not None:
@@ -266,6 +298,8 @@ def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None) -> Path:
         progress = Progress(step, cfg.max_steps, cfg.batch_size, cfg.log_every)
         t_start = t_saved = time.monotonic()
         vae.train()
+        if not cfg.train_encoder:
+            vae.encoder.eval()
         while step < end:
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
@@ -285,7 +319,7 @@ def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None) -> Path:
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             optimizer.step()
             step += 1
 
@@ -306,7 +340,9 @@ def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None) -> Path:
         # 4. finish: latent scale, held-out quality, the VAE in diffusers layout
         vae.eval()
         mean, std = latent_stats(vae, train)
-        vae.register_to_config(scaling_factor=1.0 / std)
+        # a frozen encoder keeps its scale: the U-Nets trained on its latents were scaled with it
+        scale = init_scale if not cfg.train_encoder else 1.0 / std
+        vae.register_to_config(scaling_factor=scale)
         psnr, judged = reconstruction_quality(vae, held_out, judge=cfg.data == WORLD)
         vae.save_pretrained(run_dir / "vae", safe_serialization=True)
         total = elapsed + time.monotonic() - t_start
@@ -316,7 +352,7 @@ def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None) -> Path:
             "held_out_judged": judged,
             "latent_mean": mean,
             "latent_std": std,
-            "scaling_factor": 1.0 / std,
+            "scaling_factor": scale,
             "train_time_s": round(total, 1),
         }
         write_json(run_dir / "metrics.json", metrics)
@@ -328,7 +364,7 @@ def train_vae(cfg: VAETrainConfig, *, stop_at: int | None = None) -> Path:
             psnr,
             mean,
             std,
-            1.0 / std,
+            scale,
             run_dir / "vae",
         )
         return run_dir
