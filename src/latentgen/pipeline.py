@@ -233,7 +233,7 @@ class Pipeline:
                 )
 
     def decode(self, latents: torch.Tensor) -> tuple[torch.Tensor, tuple[str, ...]]:
-        """VAE-decode ``latents [B, 4, h, w]`` to pixels ``[B, 3, H, W]``; retry in fp32 on NaN/inf."""
+        """VAE-decode ``latents [B, C, h, w]`` to pixels ``[B, 3, H, W]``; retry in fp32 on NaN/inf."""
         m = self.model
         if not torch.isfinite(latents).all():
             raise NonFiniteError(

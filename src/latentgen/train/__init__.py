@@ -13,11 +13,11 @@ raises ``KeyboardInterrupt``. Data is ``"world"`` (the built-in renderer) or a f
 
 The configs' defaults are the built-in model's recipe (64×64 images):
 
-- VAE: ``AutoencoderKL``, factor 4 (64×64×3 → 16×16×4), 2.7M parameters; batch 32, 3,000 steps.
-- U-Net: 12.1M parameters on 16×16 latents, cross-attention at every level plus the pooled text in
-  the timestep embedding; CLIP text encoder (256 wide, 4 layers, 32 tokens) from scratch, 3.3M;
-  v-prediction; batch 32, 15,000 steps; EMA.
-- Export: about 36 MB in fp16.
+- VAE: ``AutoencoderKL``, factor 4 (64×64×3 → 16×16×8), 2.7M parameters; batch 32, 2,000 steps.
+- U-Net: 12.7M parameters on 16×16 latents, attention (self and text) at 8×8, 4×4 and 2×2, plus
+  the pooled text in the timestep embedding; CLIP text encoder (256 wide, 4 layers, 24 tokens) from
+  scratch, 2.3M; v-prediction; batch 32, 15,000 steps; EMA.
+- Export: about 35 MB in fp16.
 """
 
 from latentgen.train.export import export_model
