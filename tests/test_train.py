@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from latentgen.errors import OutputExistsError, UsageError
 from latentgen.train import UNetTrainConfig, VAETrainConfig, export_model, train_unet, train_vae
 from latentgen.train.data import caption_words, load_data
-from latentgen.train.unet import build_tokenizer, build_unet
+from latentgen.train.unet import build_tokenizer, build_unet, sample_timesteps
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220)}
 
@@ -248,6 +248,18 @@ def test_unet_attention_only_at_the_levels_asked():
     for bad in [(0, 1), (0, 0, 0)]:
         with pytest.raises(UsageError, match="attention="):
             build_unet(replace(cfg, attention=bad), latent_channels=4, latent_size=8)
+
+
+def test_timesteps_lean_to_high_noise_when_asked():
+    uniform = sample_timesteps(4000, 1000, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(uniform, torch.randint(1000, (4000,), generator=torch.Generator().manual_seed(0)))
+    for share in (0.0, 0.75, 1.0):
+        t = sample_timesteps(4000, 1000, share, torch.Generator().manual_seed(0))
+        assert t.min() >= 0 and t.max() <= 999
+        assert abs((t >= 500).float().mean().item() - share) < 0.03
+    assert (sample_timesteps(4000, 1000, 1.0, torch.Generator().manual_seed(0)) >= 500).all()
+    with pytest.raises(UsageError, match="high_noise_share"):
+        train_unet(UNetTrainConfig.tiny(run_dir="unused", high_noise_share=1.5))
 
 
 def test_unet_trains_from_cached_latents(unet_run):
