@@ -488,20 +488,21 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
         # 1. tokenizer, VAE and cached data: made by a new run, reused by a resumed one
         if ckpt is None:
             t_data = time.monotonic()
+            init = _init_folder(cfg.init_from) if cfg.init_from else None
+            vae_source = init if init is not None else Path(cfg.vae)
             log.info(
-                "new U-Net run %s: preparing %s data and encoding it once through %s",
+                "new U-Net run %s: preparing %s data and encoding it once through the VAE of %s",
                 run_dir,
                 cfg.data,
-                cfg.vae,
+                vae_source,
             )
             train = load_data(cfg.data, cfg.num_images, cfg.data_seed, cfg.resolution)
             held_out = load_data(cfg.data, 8, cfg.data_seed, cfg.resolution, held_out=True)
             vocabulary = _vocabulary(cfg, train)
             tokenizer = build_tokenizer(vocabulary, run_dir / "tokenizer", cfg.max_tokens)
-            init = _init_folder(cfg.init_from) if cfg.init_from else None
             if init is not None:
                 _check_same_tokenizer(tokenizer, init)
-            vae = _load_vae(init if init is not None else Path(cfg.vae))
+            vae = _load_vae(vae_source)
             shutil.rmtree(run_dir / "vae", ignore_errors=True)
             vae.save_pretrained(run_dir / "vae", safe_serialization=True)
             (run_dir / "vocabulary.json").write_text(json.dumps(vocabulary) + "\n", encoding="utf-8")
