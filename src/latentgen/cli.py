@@ -287,7 +287,7 @@ def info(
         "defaults": {
             "steps": src.defaults.steps,
             "guidance": src.defaults.guidance,
-            "sampler": src.defaults.sampler,
+            "sampler": src.defaults.sampler.value,
         },
         "vocabulary": src.vocabulary,
     }
