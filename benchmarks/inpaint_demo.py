@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "case": case,
                 "prompt": prompt,
                 "changed": {"from": scene.objects[target].__dict__, "to": edited.objects[target].__dict__},
+                "edit": "colour" if edited.objects[target].kind == scene.objects[target].kind else "kind",
                 "ok": all(verdicts.values()),
                 "verdicts": verdicts,
                 "control_ok": all(judge(before, spec).values()),  # should be False
@@ -156,6 +157,11 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "cases": args.cases,
         "successes": sum(r["ok"] for r in results),
+        "by_edit": {
+            edit: {"cases": len(rs), "successes": sum(r["ok"] for r in rs)}
+            for edit in ("colour", "kind")
+            if (rs := [r for r in results if r["edit"] == edit])
+        },
         "control_successes": sum(r["control_ok"] for r in results),
         "kept_pixels_max_diff": max((r["kept_max_diff"] for r in results), default=0),
         "seconds_per_case": seconds / max(1, args.cases),
@@ -166,7 +172,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"# Inpainting in the world ({args.model})\n\n"
         f"- judged right: **{summary['successes']} / {args.cases}** "
         f"(control, the unedited image: {summary['control_successes']} / {args.cases})\n"
-        f"- pixels outside mask + blur band: max difference {summary['kept_pixels_max_diff']}\n"
+        + "".join(
+            f"- {'colour changed' if e == 'colour' else 'kind and colour changed'}: "
+            f"{b['successes']} / {b['cases']}\n"
+            for e, b in summary["by_edit"].items()
+        )
+        + f"- pixels outside mask + blur band: max difference {summary['kept_pixels_max_diff']}\n"
         f"- {summary['seconds_per_case']:.2f} s per case; settings {summary['settings']}\n\n"
         "![before | mask | after](strip.png)\n"
     )

@@ -414,6 +414,7 @@ def test_inpaint_demo_runs_end_to_end(tiny_model_dir, tmp_path):
     summary = demo.main([*argv, "--out", str(tmp_path)])
     assert summary["cases"] == 2 and len(summary["results"]) == 2
     assert summary["kept_pixels_max_diff"] == 0
-    assert {"ok", "verdicts", "control_ok"} <= set(summary["results"][0])
+    assert {"ok", "verdicts", "control_ok", "edit"} <= set(summary["results"][0])
+    assert summary["by_edit"] == {"colour": {"cases": 2, "successes": summary["successes"]}}
     assert Image.open(tmp_path / "strip.png").size[0] > 3 * 64
     assert json.loads((tmp_path / "summary.json").read_text())["successes"] == summary["successes"]
