@@ -1,8 +1,9 @@
 """latentgen against diffusers' StableDiffusionPipeline on the same model, in one process, alternating.
 
-Measures seconds per image for 1 and 8 images (20 steps, DPM-Solver++ 2M, CFG on), the ratio
-latentgen/diffusers (below 1 means latentgen is faster), and the wall time of one whole
-``latentgen generate`` process (interpreter start + import + load + generate + write).
+Measures seconds per image for 1 and 16 images per call (``--sizes``) at the model's default sampler,
+steps and guidance (CFG on), the ratio latentgen/diffusers (below 1 means latentgen is faster), and
+the wall time and peak resident memory of one whole ``latentgen generate`` process (interpreter
+start + import + load + generate + write) for the same sizes.
 
 The model is the built-in one when it is installed, else the foundation's ``small`` random model
 (SD-shaped, a few million parameters, 64×64 images). Results: benchmarks/generate.json and .md.
