@@ -55,3 +55,52 @@ def test_eval_cli_validates_before_loading(run_cli, model_copy, tmp_path):
 def test_eval_cli_rejects_nonpositive_counts(run_cli, tiny_model_dir, tmp_path, flag):
     code, _, err = run_cli("eval", "--model", tiny_model_dir, flag, 0, "--out", tmp_path / "e")
     assert code == 2 and "must be 1 or more" in err
+
+
+def _kind_probe():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "kind_probe.py"
+    spec = importlib.util.spec_from_file_location("kind_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_kind_probe_recovers_the_clean_latents_from_a_perfect_prediction(prediction):
+    import torch
+
+    probe = _kind_probe()
+    g = torch.Generator().manual_seed(0)
+    z, eps = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    a = torch.tensor(0.3)
+    noisy = a.sqrt() * z + (1 - a).sqrt() * eps
+    perfect = {"epsilon": eps, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * z, "sample": z}
+    got = probe.clean_prediction(perfect[prediction], noisy, a, prediction)
+    assert torch.allclose(got, z, atol=1e-5)
+    with pytest.raises(ValueError, match="flow"):
+        probe.clean_prediction(eps, noisy, a, "flow")
+
+
+def test_kind_probe_asks_every_kind_for_every_render(tiny_model_dir, tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    rows = _kind_probe().main(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--seeds",
+            "1",
+            "--timesteps",
+            "100,900",
+            "--json",
+            str(tmp_path / "k.json"),
+        ]
+    )
+    torch.set_num_threads(threads)
+    assert [r["t"] for r in rows] == [100, 900]
+    assert all(r["total"] == 7 * 5 and 0 <= r["prompted"] <= 35 and 0 <= r["rendered"] <= 35 for r in rows)
+    assert json.loads((tmp_path / "k.json").read_text())["rows"] == rows
