@@ -445,6 +445,10 @@ def test_init_from_an_export_starts_from_its_weights(folder, unet_run, tmp_path)
     key = next(k for k in text if k.endswith("token_embedding.weight"))
     assert torch.equal(start["model.text_encoder.embeddings.token_embedding.weight"], text[key].float())
     train_unet(replace(cfg, init_from=str(out)))  # and it trains on from there
+    first = json.loads((out / "latentgen.json").read_text())["training"]
+    record = json.loads((export_model(tmp_path / "more", tmp_path / "model2") / "latentgen.json").read_text())
+    assert record["training"]["continues"] == {"init_from": str(out), **first}
+    assert record["training"]["total_steps"] == first["steps"] + cfg.max_steps
 
     wider = replace(cfg, run_dir=str(tmp_path / "wider"), init_from=str(out), block_out_channels=(8, 24))
     with pytest.raises(UsageError, match="does not fit this config's unet"):

@@ -28,6 +28,17 @@ from latentgen.train.unet import UNetTrainConfig, build_text_encoder, build_unet
 log = logging.getLogger("latentgen.train")
 
 
+def _training_record(run: Path, step: int, cfg) -> dict:
+    """What the exported weights were trained on: this run's steps, and the runs it continued."""
+    record = {"steps": step, "data": cfg.data, "num_images": cfg.num_images, "data_seed": cfg.data_seed}
+    lineage = run / "init_from.json"
+    if lineage.is_file():  # written by a run started with init_from
+        before = json.loads(lineage.read_text(encoding="utf-8"))
+        record["continues"] = before
+        record["total_steps"] = step + before.get("total_steps", before.get("steps", 0))
+    return record
+
+
 def export_model(
     run_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -103,7 +114,7 @@ def export_model(
     extra = {
         **({"family": family} if family else {}),
         "vocabulary": vocabulary,
-        "training": {"steps": ckpt.step, "data": cfg.data, "num_images": cfg.num_images},
+        "training": _training_record(run, ckpt.step, cfg),
     }
     (tmp / "latentgen.json").write_text(json.dumps(extra, indent=1) + "\n", encoding="utf-8")
 
