@@ -92,20 +92,39 @@ def test_draws_the_background_it_is_asked_for(builtin, prompt):
     assert sum(judged) >= 3, (prompt, judged)
 
 
-# The issue's bar. The shipped model does not reach it yet (0.12 overall on `latentgen eval`; it draws
-# the right background and colours but not yet the right shapes: benchmarks/builtin_training.md).
+def test_draws_the_colour_it_is_asked_for(builtin):
+    """Colours of single objects: the shipped model gets 16 of these 32 right (seeds 0-3); a model
+    blind to colour words gets about one in ten (ten colours), so the bar is 10."""
+    prompts = ["a red circle", "a blue square", "a green star", "a yellow heart"]
+    prompts += ["a purple triangle", "an orange circle", "a pink square", "a black heart"]
+    pipe = Pipeline(builtin)
+    right = 0
+    for prompt in prompts:
+        made = pipe.generate(GenerationRequest(prompt, seed=0, num_images=4), batch_size=4)
+        right += sum(judge(g.image, parse_prompt(prompt)).get("colors", False) for g in made)
+    assert right >= 10, right
+
+
+# The issue's bar (and for "a cat wearing a hat" its own: 15 of 16 seeds). The shipped model does not
+# reach it yet (0.18 overall on `latentgen eval`, 7/16 cat-and-hat seeds; it draws the right background
+# and mostly the right colours, but not yet the right shapes: benchmarks/builtin_training.md).
 # strict: a model that passes turns this red, so the marker comes off with it.
 @pytest.mark.xfail(
-    strict=True, reason="built-in model scores 0.12 of the 0.80 target; shapes not learned yet"
+    strict=True, reason="built-in model scores 0.18 of the 0.80 target; shapes not learned yet"
 )
 @pytest.mark.parametrize(
-    "prompt",
-    ["a cat wearing a hat", "a red circle", "two blue squares", "a green star above a yellow heart"],
+    ("prompt", "seeds", "need"),
+    [
+        ("a cat wearing a hat", 16, 15),
+        ("a red circle", 4, 3),
+        ("two blue squares", 4, 3),
+        ("a green star above a yellow heart", 4, 3),
+    ],
 )
-def test_follows_prompts_of_its_world(builtin, prompt):
-    made = Pipeline(builtin).generate(GenerationRequest(prompt, seed=0, num_images=4), batch_size=4)
+def test_follows_prompts_of_its_world(builtin, prompt, seeds, need):
+    made = Pipeline(builtin).generate(GenerationRequest(prompt, seed=0, num_images=seeds), batch_size=16)
     judged = [judge_ok(g.image, parse_prompt(prompt)) for g in made]
-    assert sum(judged) >= 3, (prompt, judged)
+    assert sum(judged) >= need, (prompt, judged)
 
 
 def test_different_prompts_give_different_pictures(builtin):
