@@ -40,6 +40,7 @@ CAT_HAT = "a cat wearing a hat"
 def score_row(scores: dict) -> dict:
     return {
         "overall": scores["overall"],
+        "overall_standard_error": scores["overall_standard_error"],
         "categories": scores["categories"],
         "seconds_per_image": scores["seconds_per_image"],
         "images": scores["images"],
@@ -141,7 +142,10 @@ def main() -> None:
         f"`python benchmarks/sweep_builtin.py`: {n_prompts} eval prompts × {args.images} image(s), "
         f"seeds 0..{args.images - 1}, CPU fp32, {torch.get_num_threads()} threads, batches of "
         f"{args.batch_size}; seconds per image exclude judging. Model defaults: "
-        f"{defaults.sampler.value}, {defaults.steps} steps, guidance {defaults.guidance}.",
+        f"{defaults.sampler.value}, {defaults.steps} steps, guidance {defaults.guidance}. One "
+        f"binomial standard error of an overall score here is about "
+        f"{max(r['overall_standard_error'] for r in step_rows):.3f}: rows closer than twice that "
+        "are a tie.",
         "",
         f"## Steps (guidance {defaults.guidance})",
         "",

@@ -30,7 +30,7 @@ def test_perfect_model_scores_one_and_writes_geneval_layout(tiny_model, tmp_path
     cfg = EvalConfig(images_per_prompt=2, prompts_per_category=3, steps=1, batch_size=5)
     scores = run_eval(tiny_model, tmp_path, cfg)
     assert set(scores["categories"]) == set(CATEGORIES)
-    assert scores["overall"] == 1.0
+    assert scores["overall"] == 1.0 and scores["overall_standard_error"] == 0.0
     assert scores["images"] == 2 * 3 * len(CATEGORIES)
     meta = json.loads((tmp_path / "00000" / "metadata.jsonl").read_text())
     assert meta["tag"] in CATEGORIES and meta["prompt"] and meta["include"][0]["class"]
@@ -43,6 +43,14 @@ def test_model_that_ignores_the_prompt_scores_low(tiny_model, monkeypatch):
     monkeypatch.setattr(Pipeline, "sample", _renderer(lambda job: "a gray heart"))
     scores = run_eval(tiny_model, None, EvalConfig(images_per_prompt=1, prompts_per_category=5, steps=1))
     assert scores["overall"] < 0.3
+
+
+def test_overall_standard_error_is_the_binomial_error_of_the_category_mean():
+    from latentgen.evaluate import overall_standard_error
+
+    # p = 1/2 over 2 images: variance 1/8; p = 1: none; mean of two categories halves the error
+    assert overall_standard_error({"a": [True, False], "b": [True] * 4}) == pytest.approx(0.125**0.5 / 2)
+    assert overall_standard_error({"a": [True] * 9 + [False]}) == pytest.approx((0.09 / 10) ** 0.5)
 
 
 def test_eval_cli_validates_before_loading(run_cli, model_copy, tmp_path):

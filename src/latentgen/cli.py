@@ -518,7 +518,7 @@ def eval_(
     else:
         for cat, v in scores["categories"].items():
             print(f"{cat:14s} {v:.3f}")
-        print(f"{'overall':14s} {scores['overall']:.3f}")
+        print(f"{'overall':14s} {scores['overall']:.3f} ± {scores['overall_standard_error']:.3f}")
         print(f"({scores['images']} images, {scores['seconds_per_image']:.3f} s/image; written to {out})")
 
 

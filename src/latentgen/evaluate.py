@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -54,6 +55,16 @@ def resolve_settings(cfg: EvalConfig, source) -> GenerationRequest:
         seed=cfg.seed,
     )
     return request.resolve(source)
+
+
+def overall_standard_error(per_category: dict[str, list[bool]]) -> float:
+    """Binomial standard error of the overall score (the mean of the category scores).
+
+    It treats images as independent, which several images of one prompt are not quite, so it is a
+    lower bound: differences between runs well inside two of these are noise.
+    """
+    variance = sum((p := sum(v) / len(v)) * (1 - p) / len(v) for v in per_category.values() if v)
+    return math.sqrt(variance) / max(1, len(per_category))
 
 
 def run_eval(
@@ -103,6 +114,7 @@ def run_eval(
     scores = {
         "categories": {c: categories[c] for c in CATEGORIES if c in categories},
         "overall": sum(categories.values()) / len(categories),
+        "overall_standard_error": overall_standard_error(per_cat),
         "checks": {k: sum(v) / len(v) for k, v in sorted(per_check.items())},
         "images": len(jobs),
         "prompts": len(prompts),
