@@ -93,8 +93,9 @@ def test_draws_the_background_it_is_asked_for(builtin, prompt):
 
 
 def test_draws_the_colour_it_is_asked_for(builtin):
-    """Colours of single objects: the shipped model gets 16 of these 32 right (seeds 0-3); a model
-    blind to colour words gets about one in ten (ten colours), so the bar is 10."""
+    """The judge's colour check (an object of the named kind, in the named colour): the shipped model
+    passes 16 of these 32 (seeds 0-3); a model blind to colour words passes at most one in ten (ten
+    colours), so the bar is 10."""
     prompts = ["a red circle", "a blue square", "a green star", "a yellow heart"]
     prompts += ["a purple triangle", "an orange circle", "a pink square", "a black heart"]
     pipe = Pipeline(builtin)
