@@ -18,7 +18,7 @@ The configs' defaults are the built-in model's recipe (64×64 images):
   the pooled text in the timestep embedding; CLIP text encoder (256 wide, 4 layers, 24 tokens) from
   scratch, 2.3M; v-prediction; batch 32, 15,000 steps; EMA. The shipped model then continues that
   run for a second cycle (``init_from``, fresh renders, ``high_noise_share=0.75``, lr 3e-4, 12,000
-  steps): ``scripts/train-builtin``.
+  steps) and a third (fresh renders again, lr 2e-4, 6,000 steps): ``scripts/train-builtin``.
 - Export: about 35 MB in fp16.
 """
 
