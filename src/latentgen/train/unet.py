@@ -391,14 +391,6 @@ def _init_folder(name: str) -> Path:
     return folder
 
 
-def _training_record(folder: Path) -> dict:
-    """The ``training`` record of an exported model's latentgen.json ({} if it has none)."""
-    try:
-        return json.loads((folder / "latentgen.json").read_text(encoding="utf-8")).get("training", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-
-
 def _check_same_tokenizer(tokenizer, folder: Path) -> None:
     from transformers import CLIPTokenizer
 
@@ -515,7 +507,10 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
             vae.save_pretrained(run_dir / "vae", safe_serialization=True)
             (run_dir / "vocabulary.json").write_text(json.dumps(vocabulary) + "\n", encoding="utf-8")
             if init is not None:  # the lineage, so an export can say how far training went in all
-                lineage = {"init_from": str(init), **_training_record(init)}
+                from latentgen.loader import resolve_model  # reads latentgen.json like any model's
+
+                training = resolve_model(str(init)).extra.get("training", {})
+                lineage = {"init_from": str(init), **training}
                 (run_dir / "init_from.json").write_text(json.dumps(lineage) + "\n", encoding="utf-8")
             prompts = [caps[0] for caps in held_out.captions]
             data = encode_dataset(train, prompts, vae, tokenizer, cfg.max_tokens)
