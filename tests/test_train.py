@@ -455,6 +455,16 @@ def test_init_from_an_export_starts_from_its_weights(folder, unet_run, tmp_path)
         train_unet(wider)
     with pytest.raises(UsageError, match="not a model folder"):
         train_unet(replace(cfg, run_dir=str(tmp_path / "none"), init_from=str(tmp_path)))
+    import shutil
+    from pathlib import Path
+
+    from latentgen.errors import ModelLoadError
+
+    broken = Path(shutil.copytree(out, tmp_path / "broken"))
+    (broken / "latentgen.json").write_text("{broken")
+    with pytest.raises(ModelLoadError, match="latentgen.json is not valid JSON"):
+        train_unet(replace(cfg, run_dir=str(tmp_path / "b"), init_from=str(broken)))
+    assert not (tmp_path / "b" / "data.safetensors").exists()  # refused before any rendering
 
 
 def test_object_mask_marks_what_differs_from_the_frame():

@@ -489,6 +489,10 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
         if ckpt is None:
             t_data = time.monotonic()
             init = _init_folder(cfg.init_from) if cfg.init_from else None
+            if init is not None:  # read (and check) it before hours of rendering, not after
+                from latentgen.loader import resolve_model
+
+                init_training = resolve_model(str(init)).extra.get("training", {})
             vae_source = init if init is not None else Path(cfg.vae)
             log.info(
                 "new U-Net run %s: preparing %s data and encoding it once through the VAE of %s",
@@ -507,10 +511,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
             vae.save_pretrained(run_dir / "vae", safe_serialization=True)
             (run_dir / "vocabulary.json").write_text(json.dumps(vocabulary) + "\n", encoding="utf-8")
             if init is not None:  # the lineage, so an export can say how far training went in all
-                from latentgen.loader import resolve_model  # reads latentgen.json like any model's
-
-                training = resolve_model(str(init)).extra.get("training", {})
-                lineage = {"init_from": str(init), **training}
+                lineage = {"init_from": str(init), **init_training}
                 (run_dir / "init_from.json").write_text(json.dumps(lineage) + "\n", encoding="utf-8")
             prompts = [caps[0] for caps in held_out.captions]
             data = encode_dataset(train, prompts, vae, tokenizer, cfg.max_tokens)
