@@ -53,6 +53,8 @@ def probe(model, timesteps: list[int], seeds: int) -> list[dict]:
     prediction = cfg.get("prediction_type", "epsilon")
     vae, sf = model.vae, model.vae.config.scaling_factor
     size = model.source.default_size
+    # the five prompts, asked of every noised render in one U-Net call and one decode
+    emb = torch.cat([pipe.encode(f"a big red {kind} on a white background") for kind in PROMPTED])
     rows = []
     for t in timesteps:
         rng = random.Random(f"kind_probe:{t}")
@@ -66,8 +68,6 @@ def probe(model, timesteps: list[int], seeds: int) -> list[dict]:
             noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(i)).to(z)
             a = alphas[t].to(z)
             noisy = a.sqrt() * z + (1 - a).sqrt() * noise
-            # one U-Net call and one decode for the five prompts of this render
-            emb = torch.cat([pipe.encode(f"a big red {kind} on a white background") for kind in PROMPTED])
             batch = noisy.expand(len(PROMPTED), -1, -1, -1)
             out = model.unet(batch.to(model.dtype), torch.tensor([t]), encoder_hidden_states=emb).sample
             x0 = clean_prediction(out.to(z), batch, a, prediction)

@@ -6,8 +6,10 @@ Every run here takes about a second: 16×16 images, a factor-2 VAE, a U-Net of t
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +18,7 @@ from PIL import Image, ImageDraw
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from latentgen.errors import OutputExistsError, UsageError
+from latentgen.errors import ModelLoadError, OutputExistsError, UsageError
 from latentgen.train import UNetTrainConfig, VAETrainConfig, export_model, train_unet, train_vae
 from latentgen.train.data import caption_words, load_data
 from latentgen.train.unet import build_tokenizer, build_unet, sample_timesteps
@@ -455,11 +457,6 @@ def test_init_from_an_export_starts_from_its_weights(folder, unet_run, tmp_path)
         train_unet(wider)
     with pytest.raises(UsageError, match="not a model folder"):
         train_unet(replace(cfg, run_dir=str(tmp_path / "none"), init_from=str(tmp_path)))
-    import shutil
-    from pathlib import Path
-
-    from latentgen.errors import ModelLoadError
-
     broken = Path(shutil.copytree(out, tmp_path / "broken"))
     (broken / "latentgen.json").write_text("{broken")
     with pytest.raises(ModelLoadError, match="latentgen.json is not valid JSON"):

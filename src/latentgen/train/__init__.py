@@ -17,8 +17,8 @@ The configs' defaults are the built-in model's recipe (64×64 images):
 - U-Net: 12.7M parameters on 16×16 latents, attention (self and text) at 8×8, 4×4 and 2×2, plus
   the pooled text in the timestep embedding; CLIP text encoder (256 wide, 4 layers, 24 tokens) from
   scratch, 2.3M; v-prediction; batch 32, 15,000 steps; EMA. The shipped model then continues that
-  run for a second cycle (``init_from``, fresh renders, ``high_noise_share=0.75``, lr 3e-4, 12,000
-  steps) and a third (fresh renders again, lr 2e-4, 6,000 steps): ``scripts/train-builtin``.
+  run in further cycles, each from the last one's export (``init_from``) on fresh renders with
+  ``high_noise_share=0.75``: ``scripts/train-builtin`` lists them.
 - Export: about 35 MB in fp16.
 """
 
