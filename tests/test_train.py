@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from latentgen.errors import ModelLoadError, OutputExistsError, UsageError
 from latentgen.train import UNetTrainConfig, VAETrainConfig, export_model, train_unet, train_vae
 from latentgen.train.data import caption_words, load_data
+from latentgen.train.run import check_resume, load_checkpoint
 from latentgen.train.unet import build_tokenizer, build_unet, sample_timesteps
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220)}
@@ -227,6 +228,33 @@ def test_resume_refuses_another_config(folder, tmp_path):
     with pytest.raises(UsageError, match="lr"):
         train_vae(VAETrainConfig.tiny(run_dir=str(tmp_path / "vae"), data=str(folder), max_steps=2, lr=1))
     train_vae(VAETrainConfig.tiny(run_dir=str(tmp_path / "vae"), data=str(folder), max_steps=2, log_every=5))
+
+
+def test_resume_takes_a_field_newer_than_the_checkpoint_at_its_default(folder, vae_run, tmp_path):
+    """A checkpoint written before ``layout_mix`` existed ran at its default; a new value still counts."""
+    cfg = UNetTrainConfig.tiny(
+        run_dir=str(tmp_path / "unet"), vae=str(vae_run), data=str(folder), max_steps=2
+    )
+    train_unet(cfg, stop_at=1)
+    state_path = tmp_path / "unet/checkpoint/state.json"
+    state = json.loads(state_path.read_text())
+    del state["config"]["layout_mix"]
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(UsageError, match="layout_mix: '' → 'pair=1'"):
+        check_resume(load_checkpoint(tmp_path / "unet"), replace(cfg, layout_mix="pair=1"))
+    train_unet(cfg)
+    assert json.loads(state_path.read_text())["step"] == 2
+
+
+def test_layout_mix_is_checked_before_any_data_is_made(folder, vae_run, tmp_path):
+    cfg = UNetTrainConfig.tiny(run_dir=str(tmp_path / "u"), vae=str(vae_run), data=str(folder))
+    with pytest.raises(UsageError, match="layout_mix 'pair=1' weighs the world's layouts; data .* has none"):
+        train_unet(replace(cfg, layout_mix="pair=1"))
+    with pytest.raises(UsageError, match="'pear=1': expected NAME=WEIGHT"):
+        train_unet(replace(cfg, data="world", layout_mix="pear=1"))
+    assert not (tmp_path / "u").exists()
+    with pytest.raises(UsageError, match="folder data has none: drop it"):
+        load_data(str(folder), 0, 0, 16, layout_mix="pair=1")
 
 
 # --- U-Net + text encoder -------------------------------------------------------------------------

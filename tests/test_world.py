@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from itertools import combinations
 
@@ -19,6 +20,7 @@ from latentgen.world import (
     Spec,
     check_reading,
     eval_prompts,
+    parse_layout_mix,
     parse_prompt,
     random_scene,
     reading_from_scene,
@@ -186,6 +188,32 @@ def test_scene_distribution_is_balanced():
     assert len(positions) == 9
     colours = Counter(o.colour for s in scenes for o in s.objects) + Counter(s.background for s in scenes)
     assert set(colours) == set(COLOUR_NAMES)
+
+
+def test_a_layout_mix_weighs_the_layouts_and_leaves_the_default_stream_alone():
+    mix = parse_layout_mix("pair=3, count=1")
+    assert mix == {"pair": 3.0, "count": 1.0}
+    layouts = Counter(render_sample(SEED, i, mix=mix).scene.layout for i in range(400))
+    assert set(layouts) == {"pair", "count"} and 0.65 < layouts["pair"] / 400 < 0.85, layouts
+    assert parse_layout_mix("") == parse_layout_mix("single=0.3,count=0.25,pair=0.3,wearing=0.15")
+    default = render_sample(SEED, 5, mix=parse_layout_mix(""))
+    assert default.image.tobytes() == render_sample(SEED, 5).image.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("pairs=1", "'pairs=1': expected NAME=WEIGHT, e.g. single=0.3,"),
+        ("pair", "'pair': expected NAME=WEIGHT"),
+        ("pair=lots", "'lots' is not a number"),
+        ("pair=-1", "weights must be >= 0"),
+        ("pair=nan", "weights must be >= 0"),
+        ("single=0,pair=0", "gives every layout weight 0"),
+    ],
+)
+def test_a_bad_layout_mix_names_the_item_and_the_form(text, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        parse_layout_mix(text)
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,9 @@
 
 Both sources give the same thing, an :class:`ImageCaptions` held in memory:
 
-- ``"world"``: ``latentgen.world.render_sample(seed, index)`` for ``index`` in ``range(n)``. Each render
-  comes with several true captions of its scene; the held-out set uses another seed.
+- ``"world"``: ``latentgen.world.render_sample(seed, index)`` for ``index`` in ``range(n)``, its layouts
+  (single, count, pair, wearing) weighed by an optional mix. Each render comes with several true
+  captions of its scene; the held-out set uses another seed.
 - a folder: every ``name.png`` (or .jpg/.jpeg/.webp) with a ``name.txt`` beside it holding one caption
   per line (blank lines and ``#`` comments skipped). Images are centre-cropped to a square and resized.
   The last files in name order are held out.
@@ -46,14 +47,19 @@ class ImageCaptions:
 
 
 def load_data(
-    source: str, num_images: int, seed: int, resolution: int, *, held_out: bool = False
+    source: str, num_images: int, seed: int, resolution: int, *, held_out: bool = False, layout_mix: str = ""
 ) -> ImageCaptions:
     """Training (or, with ``held_out``, evaluation) images of ``source``: ``"world"`` or a folder path.
 
     For the world, ``num_images`` renders; for a folder, up to ``num_images`` of its pairs (0: all).
     """
     if source == WORLD:
-        return _render_world(num_images, seed + _EVAL_SEED_OFFSET if held_out else seed, resolution)
+        mix = world_layout_mix(layout_mix)
+        return _render_world(num_images, seed + _EVAL_SEED_OFFSET if held_out else seed, resolution, mix)
+    if layout_mix:
+        raise UsageError(
+            f"layout_mix {layout_mix!r} weighs the world's layouts; folder data has none: drop it"
+        )
     return _read_folder(Path(source), num_images, resolution, held_out)
 
 
@@ -67,22 +73,29 @@ def world_vocabulary() -> list[str]:
     return list(_world().vocabulary())
 
 
+def world_layout_mix(text: str) -> dict[str, float]:
+    """The world's layout weights from ``text`` (``"pair=0.45,count=0.25,..."``; "" = the default)."""
+    return _world().parse_layout_mix(text)
+
+
 def _world():
     try:
         from latentgen import world
     except ImportError as exc:
         raise UsageError(f"the world renderer is not available ({exc}); train on a folder instead") from None
-    if not hasattr(world, "render_sample") or not hasattr(world, "vocabulary"):
-        raise UsageError("latentgen.world lacks render_sample() or vocabulary(); train on a folder instead")
+    if not all(hasattr(world, name) for name in ("render_sample", "vocabulary", "parse_layout_mix")):
+        raise UsageError(
+            "latentgen.world lacks render_sample(), vocabulary() or parse_layout_mix(); train on a folder instead"
+        )
     return world
 
 
-def _render_world(n: int, seed: int, resolution: int) -> ImageCaptions:
+def _render_world(n: int, seed: int, resolution: int, mix: dict[str, float]) -> ImageCaptions:
     world = _world()
     images = torch.empty(n, 3, resolution, resolution, dtype=torch.uint8)
     captions = []
     for i in range(n):
-        sample = world.render_sample(seed, i)
+        sample = world.render_sample(seed, i, mix=mix)
         images[i] = _to_tensor(sample.image, resolution)
         captions.append([c.strip() for c in sample.captions if c.strip()])
         if not captions[-1]:

@@ -68,11 +68,12 @@ def check_resume(ckpt: Checkpoint | None, cfg: Any) -> None:
     if ckpt is None:
         return
     new = config_to_json(cfg)
-    changed = sorted(
-        k for k in set(new) | set(ckpt.config) if k not in RUNTIME_FIELDS and new.get(k) != ckpt.config.get(k)
-    )
+    # A field added after the checkpoint was written ran at its default, so only a new value changes it.
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+    old = {**json.loads(json.dumps(defaults)), **ckpt.config}
+    changed = sorted(k for k in set(new) | set(old) if k not in RUNTIME_FIELDS and new.get(k) != old.get(k))
     if changed:
-        diffs = ", ".join(f"{k}: {ckpt.config.get(k)!r} → {new.get(k)!r}" for k in changed)
+        diffs = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed)
         raise UsageError(
             f"run folder {cfg.run_dir} holds a run with another config ({diffs}); "
             "resume with the same settings or use a new run folder"

@@ -35,7 +35,14 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from latentgen.errors import LatentgenError, UsageError
-from latentgen.train.data import WORLD, ImageCaptions, caption_words, load_data, world_vocabulary
+from latentgen.train.data import (
+    WORLD,
+    ImageCaptions,
+    caption_words,
+    load_data,
+    world_layout_mix,
+    world_vocabulary,
+)
 from latentgen.train.run import (
     Progress,
     check_norm_groups,
@@ -64,6 +71,10 @@ class UNetTrainConfig:
     data: str = "world"  # "world" (the built-in renderer) or a folder of name.png + name.txt pairs
     num_images: int = 50_000  # images encoded once and cached (8 KB of posterior each at 16×16×4)
     data_seed: int = 0  # world stream to render
+    # World layouts' relative weights, e.g. "single=0.15,count=0.25,pair=0.45,wearing=0.15" (a layout
+    # left out is never drawn); "" = the world's own mix (layout.LAYOUT_WEIGHTS). For a later cycle
+    # that works on the categories a model is weakest at.
+    layout_mix: str = ""
     resolution: int = 64
     # text encoder: a CLIP text transformer trained from scratch on the tokenizer's vocabulary
     # context length, BOS and EOS included (tokenizer model_max_length too). The world's longest
@@ -479,6 +490,12 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
         raise UsageError(
             f"high_noise_share {cfg.high_noise_share} must be in [0, 1] (0.5 = uniform timesteps)"
         )
+    if cfg.layout_mix:  # a typo here should fail now, not after the VAE is loaded
+        if cfg.data != WORLD:
+            raise UsageError(
+                f"layout_mix {cfg.layout_mix!r} weighs the world's layouts; data {cfg.data!r} has none"
+            )
+        world_layout_mix(cfg.layout_mix)
     run_dir = Path(cfg.run_dir)
     init = None  # the folder a new run starts from (init_from); a resumed run needs only its checkpoint
     with run_context(run_dir, cfg.threads) as stop:
@@ -500,7 +517,9 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
                 cfg.data,
                 vae_source,
             )
-            train = load_data(cfg.data, cfg.num_images, cfg.data_seed, cfg.resolution)
+            train = load_data(
+                cfg.data, cfg.num_images, cfg.data_seed, cfg.resolution, layout_mix=cfg.layout_mix
+            )
             held_out = load_data(cfg.data, 8, cfg.data_seed, cfg.resolution, held_out=True)
             vocabulary = _vocabulary(cfg, train)
             tokenizer = build_tokenizer(vocabulary, run_dir / "tokenizer", cfg.max_tokens)

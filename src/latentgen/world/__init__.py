@@ -17,7 +17,7 @@ shows what a ``Spec`` asks for. ``eval_prompts()`` is a fixed GenEval-style prom
 
 from .captions import unknown_words, vocabulary
 from .judge import Detection, Reading, check_reading, judge, judge_ok, read_image, reading_from_scene
-from .layout import random_scene, scene_for_spec
+from .layout import parse_layout_mix, random_scene, scene_for_spec
 from .palette import COLOUR_NAMES, COLOURS
 from .parse import parse_prompt
 from .prompts import CATEGORIES, EvalPrompt, eval_prompts
@@ -47,6 +47,7 @@ __all__ = [
     "eval_prompts",
     "judge",
     "judge_ok",
+    "parse_layout_mix",
     "parse_prompt",
     "random_scene",
     "read_image",

@@ -42,9 +42,37 @@ CROSS_JITTER = 0.06  # ...and at most this far apart across it
 SCATTER_TRIES = 200
 
 
-def random_scene(rng: random.Random) -> Scene:
-    """A scene from the training distribution: layout, kinds, colours, sizes, places all random."""
-    layout = rng.choices(list(LAYOUT_WEIGHTS), weights=list(LAYOUT_WEIGHTS.values()))[0]
+def parse_layout_mix(text: str) -> dict[str, float]:
+    """Layout weights from ``"single=0.15,count=0.25,pair=0.45,wearing=0.15"``; "" = LAYOUT_WEIGHTS.
+
+    Weights are relative (they need not sum to 1); a layout left out is never drawn.
+    """
+    if not text.strip():
+        return dict(LAYOUT_WEIGHTS)
+    example = ",".join(f"{k}={v}" for k, v in LAYOUT_WEIGHTS.items())
+    weights: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or name not in LAYOUT_WEIGHTS:
+            raise UsageError(f"layout mix item {item.strip()!r}: expected NAME=WEIGHT, e.g. {example}")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise UsageError(f"layout mix item {item.strip()!r}: {value!r} is not a number") from None
+        if not weights[name] >= 0:
+            raise UsageError(f"layout mix item {item.strip()!r}: weights must be >= 0")
+    if not sum(weights.values()) > 0:
+        raise UsageError(f"layout mix {text!r} gives every layout weight 0; e.g. {example}")
+    return weights
+
+
+def random_scene(rng: random.Random, mix: dict[str, float] | None = None) -> Scene:
+    """A scene from the training distribution: layout, kinds, colours, sizes, places all random.
+
+    ``mix`` weighs the layouts (default :data:`LAYOUT_WEIGHTS`); see :func:`parse_layout_mix`.
+    """
+    mix = LAYOUT_WEIGHTS if mix is None else mix
+    layout = rng.choices(list(mix), weights=list(mix.values()))[0]
     if layout == "single":
         return single_scene(rng)
     if layout == "count":

@@ -44,8 +44,13 @@ def sample_rng(seed: int, index: int) -> random.Random:
     return random.Random(f"latentgen.world:{seed}:{index}")  # str seeds are hashed with SHA-512
 
 
-def render_sample(seed: int, index: int, size: int = IMAGE_SIZE) -> Sample:
-    """Sample ``index`` of the world with ``seed``: same arguments, identical pixels and captions."""
+def render_sample(
+    seed: int, index: int, size: int = IMAGE_SIZE, mix: dict[str, float] | None = None
+) -> Sample:
+    """Sample ``index`` of the world with ``seed``: same arguments, identical pixels and captions.
+
+    ``mix`` weighs the layouts (default: :data:`~latentgen.world.layout.LAYOUT_WEIGHTS`).
+    """
     rng = sample_rng(seed, index)
-    scene = random_scene(rng)
+    scene = random_scene(rng, mix)
     return Sample(image=render_scene(scene, size), captions=captions(scene, rng), scene=scene)
