@@ -23,6 +23,7 @@ from latentgen.train import UNetTrainConfig, VAETrainConfig, export_model, train
 from latentgen.train.data import caption_words, load_data
 from latentgen.train.run import check_resume, load_checkpoint
 from latentgen.train.unet import build_tokenizer, build_unet, sample_timesteps
+from latentgen.world import render_sample
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220)}
 
@@ -255,6 +256,9 @@ def test_layout_mix_is_checked_before_any_data_is_made(folder, vae_run, tmp_path
     assert not (tmp_path / "u").exists()
     with pytest.raises(UsageError, match="folder data has none: drop it"):
         load_data(str(folder), 0, 0, 16, layout_mix="pair=1")
+    pairs = load_data("world", 6, 0, 16, layout_mix="pair=1")
+    assert pairs.captions == [render_sample(0, i, mix={"pair": 1.0}).captions for i in range(6)]
+    assert pairs.captions != load_data("world", 6, 0, 16).captions
 
 
 # --- U-Net + text encoder -------------------------------------------------------------------------
@@ -417,8 +421,14 @@ def test_vae_and_unet_train_on_the_world(tmp_path):
     if not hasattr(world, "render_sample"):
         pytest.skip("latentgen.world has no render_sample() yet")
     vae = train_vae(VAETrainConfig.tiny(run_dir=str(tmp_path / "vae"), max_steps=2))
-    train_unet(UNetTrainConfig.tiny(run_dir=str(tmp_path / "unet"), vae=str(vae), max_steps=2))
+    mix = "pair=1,count=0.5"
+    unet = train_unet(
+        UNetTrainConfig.tiny(run_dir=str(tmp_path / "unet"), vae=str(vae), max_steps=2, layout_mix=mix)
+    )
     assert json.loads((tmp_path / "unet/checkpoint/state.json").read_text())["step"] == 2
+    # the export says what mix of scenes its weights saw
+    record = json.loads((export_model(unet, tmp_path / "model") / "latentgen.json").read_text())["training"]
+    assert record["layout_mix"] == mix and record["data"] == "world"
 
 
 # --- the recipe of the built-in model -----------------------------------------------------------

@@ -31,6 +31,8 @@ log = logging.getLogger("latentgen.train")
 def _training_record(run: Path, step: int, cfg) -> dict:
     """What the exported weights were trained on: this run's steps, and the runs it continued."""
     record = {"steps": step, "data": cfg.data, "num_images": cfg.num_images, "data_seed": cfg.data_seed}
+    if cfg.layout_mix:  # only when not the world's own mix, so older records read the same
+        record["layout_mix"] = cfg.layout_mix
     lineage = run / "init_from.json"
     if lineage.is_file():  # written by a run started with init_from
         before = json.loads(lineage.read_text(encoding="utf-8"))
