@@ -206,8 +206,9 @@ def test_a_layout_mix_weighs_the_layouts_and_leaves_the_default_stream_alone():
         ("pairs=1", "'pairs=1': expected NAME=WEIGHT, e.g. single=0.3,"),
         ("pair", "'pair': expected NAME=WEIGHT"),
         ("pair=lots", "'lots' is not a number"),
-        ("pair=-1", "weights must be >= 0"),
-        ("pair=nan", "weights must be >= 0"),
+        ("pair=-1", "weights must be finite and >= 0"),
+        ("pair=nan", "weights must be finite and >= 0"),
+        ("pair=inf", "weights must be finite and >= 0"),
         ("single=0,pair=0", "gives every layout weight 0"),
     ],
 )

@@ -8,6 +8,7 @@ that satisfies an evaluation prompt's spec.
 
 from __future__ import annotations
 
+import math
 import random
 
 from ..errors import LatentgenError, UsageError
@@ -59,8 +60,8 @@ def parse_layout_mix(text: str) -> dict[str, float]:
             weights[name] = float(value)
         except ValueError:
             raise UsageError(f"layout mix item {item.strip()!r}: {value!r} is not a number") from None
-        if not weights[name] >= 0:
-            raise UsageError(f"layout mix item {item.strip()!r}: weights must be >= 0")
+        if not 0 <= weights[name] < math.inf:  # also refuses nan
+            raise UsageError(f"layout mix item {item.strip()!r}: weights must be finite and >= 0")
     if not sum(weights.values()) > 0:
         raise UsageError(f"layout mix {text!r} gives every layout weight 0; e.g. {example}")
     return weights
