@@ -53,13 +53,9 @@ def load_data(
 
     For the world, ``num_images`` renders; for a folder, up to ``num_images`` of its pairs (0: all).
     """
+    mix = layout_weights(source, layout_mix)
     if source == WORLD:
-        mix = world_layout_mix(layout_mix)
         return _render_world(num_images, seed + _EVAL_SEED_OFFSET if held_out else seed, resolution, mix)
-    if layout_mix:
-        raise UsageError(
-            f"layout_mix {layout_mix!r} weighs the world's layouts; folder data has none: drop it"
-        )
     return _read_folder(Path(source), num_images, resolution, held_out)
 
 
@@ -73,9 +69,17 @@ def world_vocabulary() -> list[str]:
     return list(_world().vocabulary())
 
 
-def world_layout_mix(text: str) -> dict[str, float]:
-    """The world's layout weights from ``text`` (``"pair=0.45,count=0.25,..."``; "" = the default)."""
-    return _world().parse_layout_mix(text)
+def layout_weights(source: str, text: str) -> dict[str, float] | None:
+    """The world's layout weights from ``text`` (``"pair=0.45,count=0.25,..."``; "" = the default);
+    None for a folder, which has no layouts to weigh."""
+    if source == WORLD:
+        return _world().parse_layout_mix(text)
+    if text:
+        raise UsageError(
+            f"layout_mix {text!r} weighs the world's layouts; data {source!r} is a folder, and folder "
+            "data has none: drop it"
+        )
+    return None
 
 
 def _world():

@@ -69,8 +69,7 @@ def check_resume(ckpt: Checkpoint | None, cfg: Any) -> None:
         return
     new = config_to_json(cfg)
     # A field added after the checkpoint was written ran at its default, so only a new value changes it.
-    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
-    old = {**json.loads(json.dumps(defaults)), **ckpt.config}
+    old = {**config_to_json(type(cfg)()), **ckpt.config}
     changed = sorted(k for k in set(new) | set(old) if k not in RUNTIME_FIELDS and new.get(k) != old.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed)

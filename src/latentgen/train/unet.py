@@ -39,8 +39,8 @@ from latentgen.train.data import (
     WORLD,
     ImageCaptions,
     caption_words,
+    layout_weights,
     load_data,
-    world_layout_mix,
     world_vocabulary,
 )
 from latentgen.train.run import (
@@ -491,11 +491,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
             f"high_noise_share {cfg.high_noise_share} must be in [0, 1] (0.5 = uniform timesteps)"
         )
     if cfg.layout_mix:  # a typo here should fail now, not after the VAE is loaded
-        if cfg.data != WORLD:
-            raise UsageError(
-                f"layout_mix {cfg.layout_mix!r} weighs the world's layouts; data {cfg.data!r} has none"
-            )
-        world_layout_mix(cfg.layout_mix)
+        layout_weights(cfg.data, cfg.layout_mix)
     run_dir = Path(cfg.run_dir)
     init = None  # the folder a new run starts from (init_from); a resumed run needs only its checkpoint
     with run_context(run_dir, cfg.threads) as stop:
