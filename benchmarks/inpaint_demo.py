@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--guidance", type=float, default=None, help="default: the model's")
     ap.add_argument("--sampler", default=None, help="default: the model's")
     ap.add_argument("--strength", type=float, default=1.0)
+    ap.add_argument("--resample", type=int, default=None, help="runs of each step; default: latentgen's")
     ap.add_argument("--mask-blur", type=int, default=2)
     ap.add_argument("--margin", type=int, default=3, help="pixels added around the object's box")
     ap.add_argument("--seed", type=int, default=0, help="scenes and noise seeds derive from it")
@@ -126,8 +127,16 @@ def main(argv: list[str] | None = None) -> dict:
             prompt, steps=args.steps, guidance=args.guidance, sampler=args.sampler, seed=args.seed + case
         )
         after = inpaint(
-            pipe, request, before_path, mask_path, strength=args.strength, mask_blur=args.mask_blur
-        )[0].image
+            pipe,
+            request,
+            before_path,
+            mask_path,
+            strength=args.strength,
+            mask_blur=args.mask_blur,
+            resample=args.resample,
+        )[0]
+        resample = after.edit.resample
+        after = after.image
         after.save(cases_dir / f"{case:03d}-after.png")
         verdicts = judge(after, spec)
         kept = outside_band(args.size, box, args.mask_blur)
@@ -153,7 +162,11 @@ def main(argv: list[str] | None = None) -> dict:
         "model": args.model,
         "model_hash": model.content_hash,
         "settings": {
-            k: getattr(args, k) for k in ("steps", "guidance", "sampler", "strength", "mask_blur", "margin")
+            **{
+                k: getattr(args, k)
+                for k in ("steps", "guidance", "sampler", "strength", "mask_blur", "margin")
+            },
+            "resample": resample,
         },
         "cases": args.cases,
         "successes": sum(r["ok"] for r in results),

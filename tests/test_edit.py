@@ -20,8 +20,9 @@ from latentgen import (
     inpaint,
     load_model,
 )
-from latentgen.edit import feather, fill_unknown, prepare_edit
+from latentgen.edit import EditMode, feather, fill_unknown, prepare_edit
 from latentgen.metadata import read
+from latentgen.samplers import build_scheduler, is_stochastic, noise_level, scheduler_state, step_back
 from latentgen.tiny import reference_pipeline
 
 PROMPT = "a red circle"
@@ -164,6 +165,73 @@ def test_inpaint_batch_equals_singles(tiny_model, inpaint_model, files, nine_cha
     ]
     assert np.abs(pixels([g.image for g in batch]) - pixels([g.image for g in singles])).max() <= 1
     assert batch[0].image.tobytes() != batch[1].image.tobytes()
+    assert batch[0].edit.resample == (1 if nine_channels else 3)  # each batch resampled as its singles
+
+
+# --- resampling (RePaint) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampler", list(Sampler))
+def test_step_back_renoises_to_the_earlier_level_and_restores_the_scheduler(tiny_model, sampler):
+    """After a step, latents distributed as level t1 go back to level t0's law; the step re-runs equal."""
+    scheduler = build_scheduler(sampler, False, tiny_model.source.scheduler_config)
+    scheduler.set_timesteps(8)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(1)  # as an edit at strength 0.875 does (DDIM goes by timestep)
+    tw, t0, t1 = scheduler.timesteps[1:4]
+    x0 = torch.full((1, 4, 96, 96), 0.7)
+    x = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+
+    def step(t, eps_seed):
+        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(eps_seed))
+        seeded = {"generator": torch.Generator().manual_seed(3)} if is_stochastic(sampler) else {}
+        scheduler.scale_model_input(x, t)
+        return scheduler.step(eps, t, x, **seeded, return_dict=False)[0]
+
+    step(tw, 0)  # a step before, so multistep samplers have a history to restore
+    a0, s0 = noise_level(scheduler, t0)
+    state = scheduler_state(scheduler)
+    first = step(t0, 2)
+    a1, s1 = noise_level(scheduler, t1)
+    assert s1 / a1 < s0 / a0  # the step went down in noise
+    at_t1 = a1 * x0 + s1 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(4))
+    back = step_back(scheduler, state, at_t1, t1, t0, generators(5))
+    assert back.mean().item() == pytest.approx(a0 * 0.7, abs=4 * s0 / 192)
+    assert back.std().item() == pytest.approx(s0, rel=0.02)
+    assert torch.equal(step(t0, 2), first)  # the scheduler is where it was before the step
+    step_back(scheduler, state, at_t1, t1, t0, generators(5))  # the same state, restored again
+    assert torch.equal(step(t0, 2), first)
+
+
+def test_resampling_repaints_differently_and_keeps_the_rest(tiny_model, files):
+    src, mask, box = files
+    pipe, before = Pipeline(tiny_model), np.asarray(Image.open(src), np.int16)
+    req = GenerationRequest(PROMPT, steps=4, seed=5, sampler=Sampler.DPM_SOLVER)
+    once, thrice = (inpaint(pipe, req, src, mask, mask_blur=2, resample=r)[0] for r in (1, 3))
+    default = inpaint(pipe, req, src, mask, mask_blur=2)[0]
+    assert (once.edit.resample, thrice.edit.resample, default.edit.resample) == (1, 3, 3)
+    assert default.image.tobytes() == thrice.image.tobytes()
+    far = outside(40, 32, box, 2)
+    for gen in (once, thrice):
+        assert np.abs(pixels([gen.image])[0][far] - before[far]).max() == 0
+    x0, y0, x1, y1 = box
+    inside = np.abs(pixels([once.image])[0] - pixels([thrice.image])[0])[y0:y1, x0:x1]
+    assert inside.mean() > 2
+
+
+def test_inpainting_unet_runs_each_step_once_unless_asked(inpaint_model, files):
+    src, mask, _ = files
+    pipe, req = Pipeline(inpaint_model), GenerationRequest(PROMPT, steps=3, seed=2)
+    default, twice = (inpaint(pipe, req, src, mask, resample=r)[0] for r in (None, 2))
+    assert (default.edit.resample, twice.edit.resample) == (1, 2)
+    assert default.image.tobytes() != twice.image.tobytes()
+
+
+def test_edit_records_from_before_resampling_replay_with_one_run_per_step():
+    rec = {"mode": "inpaint", "image": "a.png", "mask": "m.png", "strength": 1.0}
+    assert EditRequest.from_dict(rec).resample == 1
+    assert EditRequest.from_dict({**rec, "resample": 3}).resample == 3
+    assert EditRequest.from_dict({"mode": "img2img", "image": "a.png", "strength": 0.5}).resample is None
 
 
 # --- what is kept ----------------------------------------------------------------------------------
@@ -282,6 +350,9 @@ def test_bad_edit_requests_are_usage_errors(tiny_model, files, tmp_path):
         (EditRequest.inpaint(src), "nothing to repaint"),
         (EditRequest.inpaint(src, invert_mask=True, expand=(8, 0, 0, 0)), "--invert-mask needs a mask"),
         (EditRequest.inpaint(src, tmp_path / "nope.png"), "does not exist"),
+        (EditRequest.inpaint(src, mask, resample=0), "resample 0 is invalid"),
+        (EditRequest.inpaint(src, mask, resample=2.5), "resample 2.5 is invalid"),
+        (EditRequest(EditMode.IMG2IMG, str(src), resample=2), "--resample are for inpainting"),
     ]
     for edit, message in cases:
         with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -334,7 +405,7 @@ def test_cli_inpaint_records_hashes_and_replay_reproduces_pixels(run_cli, tiny_m
     assert code == 0, err
     rec = json.loads(stdout)
     edit = rec["edit"]
-    assert edit["mode"] == "inpaint" and edit["strength"] == 0.75
+    assert edit["mode"] == "inpaint" and edit["strength"] == 0.75 and edit["resample"] == 3
     assert edit["image"] == str(src) and edit["mask"] == str(mask)
     assert len(edit["image_sha256"]) == 64 and len(edit["mask_sha256"]) == 64
     assert "Denoising strength: 0.75, Mask blur: 4" in Image.open(first).text["parameters"]
@@ -379,6 +450,10 @@ def test_cli_img2img_equals_the_library_and_replays(run_cli, tiny_model, tiny_mo
         (
             ("inpaint", PROMPT, "--image", "{src}", "--mask", "{mask}", "--strength", 2),
             "strength 2.0 is invalid",
+        ),
+        (
+            ("inpaint", PROMPT, "--image", "{src}", "--mask", "{mask}", "--resample", 0),
+            "resample 0 is invalid; use a whole number in 1..20",
         ),
         (("generate", PROMPT, "--strength", 0.5), "--strength is for img2img"),
         (("generate", PROMPT, "--init-image", "{src}", "--width", 64), "--width/--height do not apply"),

@@ -193,6 +193,13 @@ def inpaint(
         str | None, typer.Option(help="Outpaint: grow the canvas by LEFT,TOP,RIGHT,BOTTOM pixels.")
     ] = None,
     resize_mask: Annotated[bool, typer.Option(help="Resize a mask of another size to the image's.")] = False,
+    resample: Annotated[
+        int | None,
+        typer.Option(
+            help="Run each step this many times, re-noising in between, so the new part fits the kept "
+            "part (default 3; 1 for inpainting models, and fastest)."
+        ),
+    ] = None,
     model: ModelOpt = None,
     negative: NegativeOpt = None,
     steps: StepsOpt = None,
@@ -238,6 +245,7 @@ def inpaint(
         invert_mask=invert_mask,
         expand=parse_expand(expand) if expand is not None else (0, 0, 0, 0),
         resize_mask=resize_mask,
+        resample=resample,
     )
 
     # Everything the user gave, images included, is checked before any weights are read.

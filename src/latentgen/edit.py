@@ -67,6 +67,12 @@ OUTPAINT_STRENGTH = 0.9  # below 1, so the pre-filled border's colours seed the 
 DEFAULT_MASK_BLUR = 4
 MAX_MASK_BLUR = 256
 OUTPAINT_OVERLAP = 8  # pixels of the old image, along each grown edge, repainted with the new border
+# Inpainting with an ordinary U-Net runs each step this many times, re-noising in between (RePaint).
+# On the built-in model's inpainting demo (benchmarks/inpaint_demo.py, seeds 0-2) the judge confirmed
+# 67 of 150 edits at 1 and 92 at 3; 5 was within noise of 3 at 5/3 of its cost. An inpainting U-Net
+# sees the kept image itself and runs each step once, as diffusers does.
+RESAMPLE = 3
+MAX_RESAMPLE = 20
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,7 @@ class EditRequest:
     invert_mask: bool = False  # repaint the black part instead
     expand: Expand = (0, 0, 0, 0)  # outpaint: grow the canvas by this many pixels on each side
     resize_mask: bool = False  # resize a mask of another size than the image instead of refusing it
+    resample: int | None = None  # inpaint: runs of each step (RePaint); None: RESAMPLE (1: inpainting U-Net)
     keep_unmasked: bool = True  # paste the input back outside the mask (False: the raw decode)
     image_sha256: str | None = None  # filled when resolved; when set, the file must still match
     mask_sha256: str | None = None
@@ -115,6 +122,8 @@ class EditRequest:
             raise UsageError(f"unknown edit field(s): {', '.join(unknown)}")
         d = dict(d)
         d["mode"] = EditMode.parse(d.get("mode"))
+        if d["mode"] is EditMode.INPAINT:
+            d.setdefault("resample", 1)  # metadata from before resampling: each step ran once
         if "expand" in d:
             d["expand"] = tuple(d["expand"])
         return cls(**d)
@@ -141,6 +150,8 @@ def prepare_edit(request: GenerationRequest, edit: EditRequest, source: ModelSou
     req = replace(request, width=None, height=None).resolve(source)
     edit = replace(edit, mode=EditMode.parse(edit.mode))
     edit = replace(edit, strength=_default_strength(edit) if edit.strength is None else edit.strength)
+    if edit.resample is None and edit.mode is EditMode.INPAINT:
+        edit = replace(edit, resample=1 if source.inpainting_unet else RESAMPLE)
     check_edit(edit)
     steps = denoising_steps(req.steps, edit.strength)
 
@@ -189,8 +200,18 @@ def check_edit(edit: EditRequest) -> None:
     e = edit.expand
     if len(e) != 4 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in e):
         raise UsageError(f"expand {e!r} is invalid; give 4 whole pixel counts ≥ 0: left, top, right, bottom")
-    if edit.mode is EditMode.IMG2IMG and (edit.mask or edit.outpaint or edit.invert_mask or edit.resize_mask):
-        raise UsageError("a mask, --invert-mask, --resize-mask and --expand are for inpainting, not img2img")
+    if edit.mode is EditMode.IMG2IMG and (
+        edit.mask or edit.outpaint or edit.invert_mask or edit.resize_mask or edit.resample is not None
+    ):
+        raise UsageError(
+            "a mask, --invert-mask, --resize-mask, --expand and --resample are for inpainting, not img2img"
+        )
+    r = edit.resample
+    if r is not None and (isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= MAX_RESAMPLE):
+        raise UsageError(
+            f"resample {r!r} is invalid; use a whole number in 1..{MAX_RESAMPLE}: "
+            f"how many times each step runs (1 = once, fastest; {RESAMPLE} is the default)"
+        )
 
 
 def parse_expand(text: str) -> Expand:
@@ -408,6 +429,7 @@ def iter_edit(
             start=hooks.start,
             unet_input=hooks.unet_input if extra_channels else None,
             after_step=hooks.after_step if inputs.blend_mask is not None else None,
+            resample=edit.resample or 1,
         )
         # 6. Crop back to the output's size and paste the kept pixels back.
         for offset, (j, image) in enumerate(zip(chunk, images, strict=True)):

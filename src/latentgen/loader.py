@@ -62,6 +62,7 @@ class ModelSource:
     scheduler_config: dict[str, Any]
     defaults: ModelDefaults
     extra: dict[str, Any] = field(default_factory=dict)  # latentgen.json, if the folder has one
+    inpainting_unet: bool = False  # its U-Net also takes a mask and the masked image's latents
 
     @property
     def vocabulary(self) -> list[str] | None:
@@ -202,6 +203,7 @@ def _read_folder(name: str, path: Path) -> ModelSource:
         scheduler_config=sched_cfg,
         defaults=defaults,
         extra=extra,
+        inpainting_unet=unet_cfg.get("in_channels", 4) == 2 * vae_cfg.get("latent_channels", 4) + 1,
     )
 
 

@@ -25,7 +25,7 @@ from latentgen.devices import dtype_name
 from latentgen.errors import NonFiniteError, UsageError
 from latentgen.loader import Model
 from latentgen.request import GenerationRequest
-from latentgen.samplers import Sampler, build_scheduler, is_stochastic
+from latentgen.samplers import Sampler, build_scheduler, is_stochastic, scheduler_state, step_back
 
 if TYPE_CHECKING:
     from latentgen.edit import EditRequest
@@ -135,8 +135,14 @@ class Pipeline:
         after_step: AfterStepFn | None = None,
         before_noise: BeforeNoiseFn | None = None,
         unet_input: UNetInputFn | None = None,
+        resample: int = 1,
     ) -> tuple[list[Image.Image], tuple[str, ...]]:
-        """Run one U-Net batch: every job shares ``settings``. Returns PIL images and notes."""
+        """Run one U-Net batch: every job shares ``settings``. Returns PIL images and notes.
+
+        ``resample`` > 1 runs every step but the last that many times, re-noising back to the step's
+        start in between (RePaint): with ``after_step`` pinning the kept part of an image, the
+        repainted part gets several tries to agree with it.
+        """
         m = self.model
         with torch.inference_mode():
             # 2–3. Tokenize and encode; conditional and unconditional halves: [B, T, D] each.
@@ -163,17 +169,22 @@ class Pipeline:
             text_emb = torch.cat([uncond, cond]) if do_cfg else cond  # [2B or B, T, D]
             step_kwargs = {"generator": generators} if is_stochastic(settings.sampler) else {}
             for i, t in enumerate(timesteps):
-                model_in = torch.cat([latents, latents]) if do_cfg else latents
-                model_in = scheduler.scale_model_input(model_in, t)
-                if unet_input is not None:
-                    model_in = unet_input(model_in)
-                eps = m.unet(model_in, t, encoder_hidden_states=text_emb, return_dict=False)[0]
-                if do_cfg:
-                    eps_uncond, eps_cond = eps.chunk(2)
-                    eps = eps_uncond + settings.guidance * (eps_cond - eps_uncond)
-                latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
-                if after_step is not None:
-                    latents = after_step(i, t, latents)
+                rounds = resample if i < len(timesteps) - 1 else 1
+                for r in range(rounds):
+                    state = scheduler_state(scheduler) if r < rounds - 1 else None
+                    model_in = torch.cat([latents, latents]) if do_cfg else latents
+                    model_in = scheduler.scale_model_input(model_in, t)
+                    if unet_input is not None:
+                        model_in = unet_input(model_in)
+                    eps = m.unet(model_in, t, encoder_hidden_states=text_emb, return_dict=False)[0]
+                    if do_cfg:
+                        eps_uncond, eps_cond = eps.chunk(2)
+                        eps = eps_uncond + settings.guidance * (eps_cond - eps_uncond)
+                    latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+                    if after_step is not None:
+                        latents = after_step(i, t, latents)
+                    if state is not None:
+                        latents = step_back(scheduler, state, latents, timesteps[i + 1], t, generators)
                 if progress is not None:
                     progress(i + 1, len(timesteps))
 

@@ -7,9 +7,12 @@ maths on every model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+import torch
 
 from latentgen.errors import UsageError
 
@@ -89,3 +92,61 @@ def build_scheduler(sampler: Sampler, karras: bool, scheduler_config: dict[str, 
     check_sampler(sampler, karras)
     cls = getattr(diffusers, _SPECS[sampler].class_name)
     return cls.from_config(scheduler_config, **scheduler_kwargs(sampler, karras))
+
+
+# --- stepping back (resampling, as in RePaint) ------------------------------------------------------
+
+
+def scheduler_state(scheduler) -> dict[str, Any]:
+    """A snapshot of a diffusers scheduler's mutable state (step index, multistep history...)."""
+    return _copy_lists(vars(scheduler))
+
+
+def restore_scheduler(scheduler, state: dict[str, Any]) -> None:
+    """Put ``scheduler`` back as it was when :func:`scheduler_state` took ``state``."""
+    for key in set(vars(scheduler)) - set(state):
+        delattr(scheduler, key)
+    vars(scheduler).update(_copy_lists(state))  # copies again: the state may be restored twice
+
+
+def _copy_lists(d: dict[str, Any]) -> dict[str, Any]:
+    # Schedulers reassign their tensors but edit their history lists in place.
+    return {k: list(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def noise_level(scheduler, t: torch.Tensor) -> tuple[float, float]:
+    """``(a, s)`` such that latents at timestep ``t`` are ``a * x0 + s * noise`` for this scheduler.
+
+    Read off the scheduler's own ``add_noise``, so it holds for variance-preserving latents (DDIM,
+    DPM-Solver: a = sqrt(alpha_bar)) and variance-exploding ones (Euler: a = 1, s = sigma) alike, and
+    follows the scheduler's step index where its ``add_noise`` does.
+    """
+    one, zero = torch.ones(1), torch.zeros(1)
+    t = t.reshape(1).cpu()
+    return float(scheduler.add_noise(one, zero, t)), float(scheduler.add_noise(zero, one, t))
+
+
+def step_back(
+    scheduler,
+    state: dict[str, Any],
+    latents: torch.Tensor,
+    t_after: torch.Tensor,
+    t_before: torch.Tensor,
+    generators: Sequence[torch.Generator],
+) -> torch.Tensor:
+    """Undo one sampler step by re-noising: latents at ``t_after`` → a fresh draw at ``t_before``.
+
+    The scheduler goes back to ``state`` (taken before the step), so the step can run again. Given
+    ``x0``, latents at ``t_after`` are ``a1 x0 + s1 n``; the result, ``(a0 / a1) x + sqrt(s0² -
+    (a0 / a1)² s1²) n'``, is then ``a0 x0 + s0 n''``: the forward process from one level to the
+    other. ``n'`` is drawn from each image's generator, so a batch equals its singles.
+    """
+    a_after, s_after = noise_level(scheduler, t_after)
+    restore_scheduler(scheduler, state)
+    a_before, s_before = noise_level(scheduler, t_before)
+    ratio = a_before / a_after
+    extra = max(s_before**2 - (ratio * s_after) ** 2, 0.0) ** 0.5
+    fresh = torch.cat(
+        [torch.randn(latents.shape[1:], generator=g, device="cpu")[None] for g in generators]
+    ).to(device=latents.device, dtype=latents.dtype)
+    return ratio * latents + extra * fresh
