@@ -19,6 +19,7 @@ from latentgen import (
     img2img,
     inpaint,
     load_model,
+    resolve_model,
 )
 from latentgen.edit import EditMode, feather, fill_unknown, prepare_edit
 from latentgen.metadata import read
@@ -225,6 +226,25 @@ def test_inpainting_unet_runs_each_step_once_unless_asked(inpaint_model, files):
     default, twice = (inpaint(pipe, req, src, mask, resample=r)[0] for r in (None, 2))
     assert (default.edit.resample, twice.edit.resample) == (1, 2)
     assert default.image.tobytes() != twice.image.tobytes()
+
+
+def test_inpainting_takes_the_model_inpaint_defaults_unless_given(model_copy, files):
+    src, mask, _ = files
+    cfg_path = model_copy / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(latentgen_default_steps=10, latentgen_default_guidance=5.0)
+    cfg_path.write_text(json.dumps({**cfg, "latentgen_inpaint_steps": 20, "latentgen_inpaint_guidance": 3.0}))
+    source = resolve_model(model_copy)
+
+    def resolved(edit, **given):
+        return prepare_edit(GenerationRequest(PROMPT, seed=1, **given), edit, source).request
+
+    for edit in (EditRequest.inpaint(src, mask), EditRequest.inpaint(src, expand=(8, 0, 0, 0))):
+        assert (resolved(edit).steps, resolved(edit).guidance) == (20, 3.0)
+    given = resolved(EditRequest.inpaint(src, mask), steps=7, guidance=2.0)
+    assert (given.steps, given.guidance) == (7, 2.0)
+    img2img_req = resolved(EditRequest.img2img(src))
+    assert (img2img_req.steps, img2img_req.guidance) == (10, 5.0)
 
 
 def test_edit_records_from_before_resampling_replay_with_one_run_per_step():

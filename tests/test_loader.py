@@ -133,3 +133,4 @@ def test_sampler_defaults_come_from_scheduler_config(model_copy):
     cfg_path.write_text(json.dumps(cfg))
     d = resolve_model(model_copy).defaults
     assert (d.steps, d.guidance, d.sampler.value) == (12, 3.0, "ddim")
+    assert (d.inpaint_steps, d.inpaint_guidance) == (None, None)  # inpainting: the same as generate

@@ -364,7 +364,9 @@ def test_export_writes_a_diffusers_folder_that_reloads(unet_run, tmp_path):
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    out = export_model(unet_run, tmp_path / "model", steps=30, guidance=4.0, family="builtin")
+    out = export_model(
+        unet_run, tmp_path / "model", steps=30, guidance=4.0, inpaint_steps=40, family="builtin"
+    )
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
     assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
@@ -375,6 +377,7 @@ def test_export_writes_a_diffusers_folder_that_reloads(unet_run, tmp_path):
     sched = json.loads((out / "scheduler/scheduler_config.json").read_text())
     assert sched["latentgen_default_steps"] == 30 and sched["latentgen_default_guidance"] == 4.0
     assert sched["latentgen_default_sampler"] == "dpm-solver" and sched["beta_schedule"] == "scaled_linear"
+    assert sched["latentgen_inpaint_steps"] == 40 and "latentgen_inpaint_guidance" not in sched
     assert sched["prediction_type"] == "v_prediction" and sched["num_train_timesteps"] == 1000
 
     unet = UNet2DConditionModel.from_pretrained(out / "unet", use_safetensors=True)

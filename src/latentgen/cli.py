@@ -611,6 +611,12 @@ def train_export_cmd(
     steps: Annotated[int, typer.Option(help="Default sampler steps written into the model.")] = 20,
     guidance: Annotated[float, typer.Option(help="Default guidance written into the model.")] = 5.0,
     sampler: Annotated[str, typer.Option(help="Default sampler written into the model.")] = "dpm-solver",
+    inpaint_steps: Annotated[
+        int | None, typer.Option(help="Default steps for inpainting, if not --steps.")
+    ] = None,
+    inpaint_guidance: Annotated[
+        float | None, typer.Option(help="Default guidance for inpainting, if not --guidance.")
+    ] = None,
     family: Annotated[str | None, typer.Option(help="Family name recorded in latentgen.json.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
@@ -619,7 +625,15 @@ def train_export_cmd(
 
     _setup_logging(quiet=False)
     out_dir = export_model(
-        run, out, steps=steps, guidance=guidance, sampler=sampler, family=family, overwrite=overwrite
+        run,
+        out,
+        steps=steps,
+        guidance=guidance,
+        sampler=sampler,
+        inpaint_steps=inpaint_steps,
+        inpaint_guidance=inpaint_guidance,
+        family=family,
+        overwrite=overwrite,
     )
     print(out_dir)
 

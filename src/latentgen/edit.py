@@ -147,8 +147,15 @@ class EditJob:
 def prepare_edit(request: GenerationRequest, edit: EditRequest, source: ModelSource) -> EditJob:
     """Check an edit against a model's configs and load its images; raises :class:`UsageError`."""
     # 1. The requests. The output's size is the image's, so width/height are left to the model's.
-    req = replace(request, width=None, height=None).resolve(source)
     edit = replace(edit, mode=EditMode.parse(edit.mode))
+    if edit.mode is EditMode.INPAINT:  # the model's inpainting defaults, where it has its own
+        d = source.defaults
+        request = replace(
+            request,
+            steps=request.steps if request.steps is not None else d.inpaint_steps,
+            guidance=request.guidance if request.guidance is not None else d.inpaint_guidance,
+        )
+    req = replace(request, width=None, height=None).resolve(source)
     edit = replace(edit, strength=_default_strength(edit) if edit.strength is None else edit.strength)
     if edit.resample is None and edit.mode is EditMode.INPAINT:
         edit = replace(edit, resample=1 if source.inpainting_unet else RESAMPLE)

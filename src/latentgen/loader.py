@@ -47,6 +47,9 @@ class ModelDefaults:
     steps: int = 20
     guidance: float = 7.5
     sampler: Sampler = Sampler.DPM_SOLVER
+    # Inpainting may want others (the built-in model: more steps, less guidance); None: the above.
+    inpaint_steps: int | None = None
+    inpaint_guidance: float | None = None
 
 
 @dataclass
@@ -192,6 +195,8 @@ def _read_folder(name: str, path: Path) -> ModelSource:
         steps=int(sched_cfg.get("latentgen_default_steps", ModelDefaults.steps)),
         guidance=float(sched_cfg.get("latentgen_default_guidance", ModelDefaults.guidance)),
         sampler=Sampler(sched_cfg.get("latentgen_default_sampler", ModelDefaults.sampler.value)),
+        inpaint_steps=_optional(int, sched_cfg.get("latentgen_inpaint_steps")),
+        inpaint_guidance=_optional(float, sched_cfg.get("latentgen_inpaint_guidance")),
     )
     return ModelSource(
         name=name,
@@ -205,6 +210,10 @@ def _read_folder(name: str, path: Path) -> ModelSource:
         extra=extra,
         inpainting_unet=unet_cfg.get("in_channels", 4) == 2 * vae_cfg.get("latent_channels", 4) + 1,
     )
+
+
+def _optional(kind, value):
+    return None if value is None else kind(value)
 
 
 def _guess_family(unet_cfg: dict[str, Any]) -> str:

@@ -48,6 +48,8 @@ def export_model(
     steps: int = 20,  # latentgen_default_steps
     guidance: float = 5.0,  # latentgen_default_guidance
     sampler: str = "dpm-solver",  # latentgen_default_sampler: a latentgen.samplers.Sampler value
+    inpaint_steps: int | None = None,  # latentgen_inpaint_steps; None: inpainting uses ``steps``
+    inpaint_guidance: float | None = None,  # latentgen_inpaint_guidance; None: ``guidance``
     family: str | None = None,  # written to latentgen.json, e.g. "builtin"
     overwrite: bool = False,
 ) -> Path:
@@ -97,6 +99,8 @@ def export_model(
         latentgen_default_guidance=guidance,
         latentgen_default_sampler=sampler_name.value,
     )
+    inpaint = {"latentgen_inpaint_steps": inpaint_steps, "latentgen_inpaint_guidance": inpaint_guidance}
+    scheduler.register_to_config(**{k: v for k, v in inpaint.items() if v is not None})
     scheduler.save_config(tmp / "scheduler")
     index = {
         "_class_name": "StableDiffusionPipeline",
