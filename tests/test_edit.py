@@ -228,7 +228,7 @@ def test_inpainting_unet_runs_each_step_once_unless_asked(inpaint_model, files):
     assert default.image.tobytes() != twice.image.tobytes()
 
 
-def test_inpainting_takes_the_model_inpaint_defaults_unless_given(model_copy, files):
+def test_inpainting_takes_the_model_inpaint_defaults_unless_given(model_copy, files, run_cli):
     src, mask, _ = files
     cfg_path = model_copy / "scheduler" / "scheduler_config.json"
     cfg = json.loads(cfg_path.read_text())
@@ -245,6 +245,10 @@ def test_inpainting_takes_the_model_inpaint_defaults_unless_given(model_copy, fi
     assert (given.steps, given.guidance) == (7, 2.0)
     img2img_req = resolved(EditRequest.img2img(src))
     assert (img2img_req.steps, img2img_req.guidance) == (10, 5.0)
+    code, stdout, err = run_cli("info", "--model", model_copy, "--json")
+    assert code == 0, err
+    defaults = json.loads(stdout)["defaults"]
+    assert (defaults["steps"], defaults["inpaint_steps"], defaults["inpaint_guidance"]) == (10, 20, 3.0)
 
 
 def test_edit_records_from_before_resampling_replay_with_one_run_per_step():

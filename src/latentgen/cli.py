@@ -296,6 +296,11 @@ def info(
             "steps": src.defaults.steps,
             "guidance": src.defaults.guidance,
             "sampler": src.defaults.sampler.value,
+            **{
+                f"inpaint_{k}": v
+                for k in ("steps", "guidance")
+                if (v := getattr(src.defaults, f"inpaint_{k}")) is not None
+            },
         },
         "vocabulary": src.vocabulary,
     }
