@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,3 +66,15 @@ def run_cli(monkeypatch, capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def inpaint_demo():
+    """benchmarks/inpaint_demo.py as a module (the benchmarks folder is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "inpaint_demo.py"
+    spec = importlib.util.spec_from_file_location("inpaint_demo", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

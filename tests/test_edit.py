@@ -499,18 +499,11 @@ def test_cli_bad_inputs_exit_2_before_loading(run_cli, model_copy, files, tmp_pa
     assert stdout == "" and "Traceback" not in err
 
 
-def test_inpaint_demo_runs_end_to_end(tiny_model_dir, tmp_path):
+def test_inpaint_demo_runs_end_to_end(inpaint_demo, tiny_model_dir, tmp_path):
     """benchmarks/inpaint_demo.py (meant for the built-in model) on the tiny model, 2 cases."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "benchmarks" / "inpaint_demo.py"
-    spec = importlib.util.spec_from_file_location("inpaint_demo", path)
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
     threads = str(torch.get_num_threads())  # leave the session's setting as it is
     argv = ["--model", str(tiny_model_dir), "--cases", "2", "--steps", "2", "--threads", threads]
-    summary = demo.main([*argv, "--out", str(tmp_path)])
+    summary = inpaint_demo.main([*argv, "--out", str(tmp_path)])
     assert summary["cases"] == 2 and len(summary["results"]) == 2
     assert summary["kept_pixels_max_diff"] == 0
     assert {"ok", "verdicts", "control_ok", "edit"} <= set(summary["results"][0])
