@@ -135,7 +135,12 @@ def main(argv: list[str] | None = None) -> dict:
             mask_blur=args.mask_blur,
             resample=args.resample,
         )[0]
-        resample = after.edit.resample
+        used = {
+            "steps": after.request.steps,
+            "guidance": after.request.guidance,
+            "sampler": after.request.sampler.value,
+            "resample": after.edit.resample,
+        }  # as resolved: the model's defaults where not given
         after = after.image
         after.save(cases_dir / f"{case:03d}-after.png")
         verdicts = judge(after, spec)
@@ -162,11 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
         "model": args.model,
         "model_hash": model.content_hash,
         "settings": {
-            **{
-                k: getattr(args, k)
-                for k in ("steps", "guidance", "sampler", "strength", "mask_blur", "margin")
-            },
-            "resample": resample,
+            **{k: getattr(args, k) for k in ("strength", "mask_blur", "margin")},
+            **used,
         },
         "cases": args.cases,
         "successes": sum(r["ok"] for r in results),
