@@ -114,15 +114,16 @@ def _copy_lists(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
-def noise_level(scheduler, t: torch.Tensor) -> tuple[float, float]:
+def noise_level(scheduler, t: torch.Tensor, device: torch.device | str = "cpu") -> tuple[float, float]:
     """``(a, s)`` such that latents at timestep ``t`` are ``a * x0 + s * noise`` for this scheduler.
 
     Read off the scheduler's own ``add_noise``, so it holds for variance-preserving latents (DDIM,
     DPM-Solver: a = sqrt(alpha_bar)) and variance-exploding ones (Euler: a = 1, s = sigma) alike, and
-    follows the scheduler's step index where its ``add_noise`` does.
+    follows the scheduler's step index where its ``add_noise`` does. ``device``: the latents' (some
+    schedulers move their tables to the device ``add_noise`` is called with).
     """
-    one, zero = torch.ones(1), torch.zeros(1)
-    t = t.reshape(1).cpu()
+    one, zero = torch.ones(1, device=device), torch.zeros(1, device=device)
+    t = t.reshape(1).to(device)
     return float(scheduler.add_noise(one, zero, t)), float(scheduler.add_noise(zero, one, t))
 
 
@@ -141,9 +142,9 @@ def step_back(
     (a0 / a1)² s1²) n'``, is then ``a0 x0 + s0 n''``: the forward process from one level to the
     other. ``n'`` is drawn from each image's generator, so a batch equals its singles.
     """
-    a_after, s_after = noise_level(scheduler, t_after)
+    a_after, s_after = noise_level(scheduler, t_after, latents.device)
     restore_scheduler(scheduler, state)
-    a_before, s_before = noise_level(scheduler, t_before)
+    a_before, s_before = noise_level(scheduler, t_before, latents.device)
     ratio = a_before / a_after
     extra = max(s_before**2 - (ratio * s_after) ** 2, 0.0) ** 0.5
     fresh = torch.cat(
