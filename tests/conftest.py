@@ -68,13 +68,22 @@ def run_cli(monkeypatch, capsys):
     return run
 
 
-@pytest.fixture(scope="session")
-def inpaint_demo():
-    """benchmarks/inpaint_demo.py as a module (the benchmarks folder is not a package)."""
+def _benchmark(name: str):
+    """benchmarks/NAME.py as a module (the benchmarks folder is not a package)."""
     import importlib.util
 
-    path = Path(__file__).parents[1] / "benchmarks" / "inpaint_demo.py"
-    spec = importlib.util.spec_from_file_location("inpaint_demo", path)
+    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def inpaint_demo():
+    return _benchmark("inpaint_demo")
+
+
+@pytest.fixture(scope="session")
+def kind_probe():
+    return _benchmark("kind_probe")

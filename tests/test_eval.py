@@ -65,22 +65,11 @@ def test_eval_cli_rejects_nonpositive_counts(run_cli, tiny_model_dir, tmp_path, 
     assert code == 2 and "must be 1 or more" in err
 
 
-def _kind_probe():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "benchmarks" / "kind_probe.py"
-    spec = importlib.util.spec_from_file_location("kind_probe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
-def test_kind_probe_recovers_the_clean_latents_from_a_perfect_prediction(prediction):
+def test_kind_probe_recovers_the_clean_latents_from_a_perfect_prediction(kind_probe, prediction):
     import torch
 
-    probe = _kind_probe()
+    probe = kind_probe
     g = torch.Generator().manual_seed(0)
     z, eps = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
     a = torch.tensor(0.3)
@@ -92,11 +81,11 @@ def test_kind_probe_recovers_the_clean_latents_from_a_perfect_prediction(predict
         probe.clean_prediction(eps, noisy, a, "flow")
 
 
-def test_kind_probe_asks_every_kind_for_every_render(tiny_model_dir, tmp_path):
+def test_kind_probe_asks_every_kind_for_every_render(kind_probe, tiny_model_dir, tmp_path):
     import torch
 
     threads = torch.get_num_threads()
-    rows = _kind_probe().main(
+    rows = kind_probe.main(
         [
             "--model",
             str(tiny_model_dir),

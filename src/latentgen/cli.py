@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -292,15 +292,10 @@ def info(
         "vae_scale_factor": src.vae_scale_factor,
         "default_size": src.default_size,
         "max_tokens": src.max_tokens,
-        "defaults": {
-            "steps": src.defaults.steps,
-            "guidance": src.defaults.guidance,
-            "sampler": src.defaults.sampler.value,
-            **{
-                f"inpaint_{k}": v
-                for k in ("steps", "guidance")
-                if (v := getattr(src.defaults, f"inpaint_{k}")) is not None
-            },
+        "defaults": {  # a model without inpainting defaults shows none
+            k: v
+            for k, v in {**asdict(src.defaults), "sampler": src.defaults.sampler.value}.items()
+            if v is not None
         },
         "vocabulary": src.vocabulary,
     }

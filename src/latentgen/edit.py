@@ -498,7 +498,7 @@ def _extra_unet_channels(m: Model) -> int:
     unet_in, latent = m.unet.config.in_channels, m.vae.config.latent_channels
     if unet_in == latent:
         return 0
-    if unet_in == 2 * latent + 1:
+    if m.source.inpainting_unet:
         return latent + 1
     raise ModelLoadError(
         f"model {m.name}: its U-Net takes {unet_in} input channels; latentgen knows {latent} "

@@ -168,23 +168,26 @@ class Pipeline:
             # 6. Sampler loop, CFG in one batched U-Net call.
             text_emb = torch.cat([uncond, cond]) if do_cfg else cond  # [2B or B, T, D]
             step_kwargs = {"generator": generators} if is_stochastic(settings.sampler) else {}
+
+            def denoise(i: int, t, latents: torch.Tensor) -> torch.Tensor:
+                model_in = torch.cat([latents, latents]) if do_cfg else latents
+                model_in = scheduler.scale_model_input(model_in, t)
+                if unet_input is not None:
+                    model_in = unet_input(model_in)
+                eps = m.unet(model_in, t, encoder_hidden_states=text_emb, return_dict=False)[0]
+                if do_cfg:
+                    eps_uncond, eps_cond = eps.chunk(2)
+                    eps = eps_uncond + settings.guidance * (eps_cond - eps_uncond)
+                latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+                return latents if after_step is None else after_step(i, t, latents)
+
             for i, t in enumerate(timesteps):
-                rounds = resample if i < len(timesteps) - 1 else 1
-                for r in range(rounds):
-                    state = scheduler_state(scheduler) if r < rounds - 1 else None
-                    model_in = torch.cat([latents, latents]) if do_cfg else latents
-                    model_in = scheduler.scale_model_input(model_in, t)
-                    if unet_input is not None:
-                        model_in = unet_input(model_in)
-                    eps = m.unet(model_in, t, encoder_hidden_states=text_emb, return_dict=False)[0]
-                    if do_cfg:
-                        eps_uncond, eps_cond = eps.chunk(2)
-                        eps = eps_uncond + settings.guidance * (eps_cond - eps_uncond)
-                    latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
-                    if after_step is not None:
-                        latents = after_step(i, t, latents)
-                    if state is not None:
-                        latents = step_back(scheduler, state, latents, timesteps[i + 1], t, generators)
+                if i < len(timesteps) - 1:  # resampling: extra rounds, each stepped back
+                    for _ in range(resample - 1):
+                        state = scheduler_state(scheduler)
+                        stepped = denoise(i, t, latents)
+                        latents = step_back(scheduler, state, stepped, timesteps[i + 1], t, generators)
+                latents = denoise(i, t, latents)
                 if progress is not None:
                     progress(i + 1, len(timesteps))
 
