@@ -94,8 +94,8 @@ def test_draws_the_background_it_is_asked_for(builtin, prompt):
 
 def test_draws_the_colour_it_is_asked_for(builtin):
     """The judge's colour check (an object of the named kind, in the named colour): the shipped model
-    (release 7) passes all 32 (seeds 0-3; release 4: 29, releases 5 and 6: 32); a model blind to colour words
-    passes at most one in ten (ten colours). The bar, 30, is what no later release may fall below."""
+    (release 7) passes all 32 (seeds 0-3; release 4: 29, releases 5 and 6: 32); a model blind to colour
+    words passes at most one in ten (ten colours). The bar, 30, is what no later release may fall below."""
     prompts = ["a red circle", "a blue square", "a green star", "a yellow heart"]
     prompts += ["a purple triangle", "an orange circle", "a pink square", "a black heart"]
     pipe = Pipeline(builtin)
@@ -132,8 +132,8 @@ def test_follows_prompts_of_its_world(builtin, prompt, seeds, need):
 
 def test_inpaints_the_asked_object_and_keeps_the_rest(inpaint_demo, tmp_path):
     """benchmarks/inpaint_demo.py's first 8 cases, at the model's own inpainting defaults: release 7
-    gets 7 right (39 of all 50; release 6: 7 and 38); the unedited images are never accepted, so a model that ignored the
-    prompt inside the mask would get none."""
+    gets 7 right (39 of all 50; release 6: 7 and 38); the unedited images are never accepted, so a
+    model that ignored the prompt inside the mask would get none."""
     threads = str(torch.get_num_threads())
     summary = inpaint_demo.main(["--cases", "8", "--threads", threads, "--out", str(tmp_path)])
     defaults = resolve_model("builtin").defaults

@@ -69,16 +69,15 @@ def test_eval_cli_rejects_nonpositive_counts(run_cli, tiny_model_dir, tmp_path, 
 def test_kind_probe_recovers_the_clean_latents_from_a_perfect_prediction(kind_probe, prediction):
     import torch
 
-    probe = kind_probe
     g = torch.Generator().manual_seed(0)
     z, eps = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
     a = torch.tensor(0.3)
     noisy = a.sqrt() * z + (1 - a).sqrt() * eps
     perfect = {"epsilon": eps, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * z, "sample": z}
-    got = probe.clean_prediction(perfect[prediction], noisy, a, prediction)
+    got = kind_probe.clean_prediction(perfect[prediction], noisy, a, prediction)
     assert torch.allclose(got, z, atol=1e-5)
     with pytest.raises(ValueError, match="flow"):
-        probe.clean_prediction(eps, noisy, a, "flow")
+        kind_probe.clean_prediction(eps, noisy, a, "flow")
 
 
 def test_kind_probe_asks_every_kind_for_every_render(kind_probe, tiny_model_dir, tmp_path):

@@ -70,8 +70,8 @@ OUTPAINT_OVERLAP = 8  # pixels of the old image, along each grown edge, repainte
 # Inpainting with an ordinary U-Net runs each step this many times, re-noising in between (RePaint).
 # On the built-in model's inpainting demo (benchmarks/inpaint_demo.py, seeds 0-2) the judge confirmed
 # 67 of 150 edits at 1 and 92 at 3; 5 did a little better again (+9 of 150 with release 6, +1 with
-# release 7), within 1.5 standard errors, at 5/3 of the cost (README). An inpainting U-Net sees the kept image itself
-# and runs each step once, as diffusers does.
+# release 7), within 1.5 standard errors, at 5/3 of the cost (README). An inpainting U-Net sees the
+# kept image itself and runs each step once, as diffusers does.
 RESAMPLE = 3
 MAX_RESAMPLE = 20
 
