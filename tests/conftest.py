@@ -87,3 +87,8 @@ def inpaint_demo():
 @pytest.fixture(scope="session")
 def kind_probe():
     return _benchmark("kind_probe")
+
+
+@pytest.fixture(scope="session")
+def relation_probe():
+    return _benchmark("relation_probe")

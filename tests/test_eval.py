@@ -100,3 +100,60 @@ def test_kind_probe_asks_every_kind_for_every_render(kind_probe, tiny_model_dir,
     assert [r["t"] for r in rows] == [100, 900]
     assert all(r["total"] == 7 * 5 and 0 <= r["prompted"] <= 35 and 0 <= r["rendered"] <= 35 for r in rows)
     assert json.loads((tmp_path / "k.json").read_text())["rows"] == rows
+
+
+@pytest.mark.parametrize("relation", ["above", "below", "left of", "right of"])
+def test_relation_probe_reads_which_way_round_a_rendered_pair_is(relation_probe, relation):
+    scene = scene_for_spec(parse_prompt(f"a big red circle {relation} a big blue square"), random.Random(3))
+    from latentgen.world import read_image
+
+    reading = read_image(render_scene(scene, 64))
+    assert relation_probe.subject_side(reading, "circle", "square", relation) is True
+    assert relation_probe.subject_side(reading, "square", "circle", relation) is False
+    crossed = {"above": "left of", "below": "right of", "left of": "below", "right of": "above"}[relation]
+    assert relation_probe.subject_side(reading, "circle", "square", crossed) == "wrong axis"
+    assert relation_probe.subject_side(reading, "circle", "star", relation) == "missing"
+
+
+def test_relation_probe_tells_an_order_blind_layout_from_a_swapped_one(relation_probe):
+    # P = "A above B", Q = "B above A": Q's subject B above A (True) means A moved below: swapped
+    assert relation_probe.same_layout(True, True) is False
+    assert relation_probe.same_layout(False, False) is False
+    # A above B in P, and in Q B is not above A: the same picture whatever the order of the words
+    assert relation_probe.same_layout(True, False) is True
+    assert relation_probe.same_layout(False, True) is True
+    assert relation_probe.same_layout(True, "missing") is None
+    assert relation_probe.same_layout("wrong axis", False) is None
+
+
+def test_relation_probe_counts_every_image_it_asks_for(relation_probe, tiny_model_dir, tmp_path, capsys):
+    import torch
+
+    threads = torch.get_num_threads()
+    rows = relation_probe.main(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--seeds",
+            "2",
+            "--kinds",
+            "circle,square",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
+    torch.set_num_threads(threads)
+    # 4 relations x 1 pair of kinds x 2 word orders x 2 seeds
+    assert sum(rows["all"][o] for o in relation_probe.OUTCOMES) == 16
+    assert all(sum(rows[r][o] for o in relation_probe.OUTCOMES) == 4 for r in relation_probe.RELATIONS)
+    assert (
+        json.loads((tmp_path / "r.json").read_text())["rows"]["all"]["swap_pairs"]
+        == rows["all"]["swap_pairs"]
+    )
+    assert "| all |" in capsys.readouterr().out
+
+
+def test_relation_probe_refuses_unknown_kinds(relation_probe, capsys):
+    with pytest.raises(SystemExit) as exc:
+        relation_probe.main(["--kinds", "circle,dragon"])
+    assert exc.value.code == 2 and "--kinds 'circle,dragon'" in capsys.readouterr().err

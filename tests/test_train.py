@@ -533,3 +533,118 @@ def test_vae_round_trips_are_judged_on_world_data(tmp_path):
             return SimpleNamespace(sample=z)
 
     assert reconstruction_judged(Identity(), held_out) == 1.0
+
+
+# --- grounding: words to boxes ----------------------------------------------------------------------
+
+
+def test_box_coverage_is_the_share_of_each_cell_a_box_covers():
+    from latentgen.train.grounding import box_coverage
+
+    left_half = torch.tensor([0.0, 0.0, 0.5, 1.0])
+    assert box_coverage(left_half, 2).tolist() == [1.0, 0.0, 1.0, 0.0]  # row-major: top row first
+    top_quarter_cell = torch.tensor([0.0, 0.0, 0.25, 0.25])
+    assert box_coverage(top_quarter_cell, 2).tolist() == [0.25, 0.0, 0.0, 0.0]
+    assert box_coverage(torch.full((4,), float("nan")), 4).sum() == 0  # no object: covers nothing
+
+
+def test_word_masks_give_a_count_the_union_of_its_objects():
+    from latentgen.train.grounding import word_masks
+
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [float("nan")] * 4]])
+    tokens = torch.tensor([[0, 1, 2, 3]])  # none, the first, the second, both
+    masks = word_masks(tokens, boxes, 2)[0]
+    assert masks.tolist() == [[0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [1, 0, 0, 1]]
+
+
+def test_grounding_loss_is_zero_inside_the_box_one_outside_and_ignores_other_words():
+    from latentgen.train.grounding import grounding_loss
+
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 1.0]]])  # the left half of a 2x2 grid: cells 0 and 2
+    tokens = torch.tensor([[0, 1]])  # token 1 names the object; token 0 names nothing
+    inside = torch.tensor([[[0.9, 0.5], [0.0, 0.0], [0.1, 0.5], [0.0, 0.0]]])  # [B, N, L]
+    outside = torch.tensor([[[0.1, 0.0], [0.4, 0.5], [0.0, 0.0], [0.5, 0.5]]])
+    assert grounding_loss([inside], tokens, boxes).item() == pytest.approx(0.0)
+    assert grounding_loss([outside], tokens, boxes).item() == pytest.approx(1.0)
+    assert grounding_loss([inside, outside], tokens, boxes).item() == pytest.approx(0.5)  # mean of layers
+    assert grounding_loss([outside], torch.zeros_like(tokens), boxes).item() == 0.0  # nothing grounded
+
+
+def test_capturing_cross_attention_keeps_the_unet_output_and_records_each_layer():
+    from latentgen.train.grounding import capture_cross_attention
+
+    cfg = UNetTrainConfig.tiny(block_out_channels=(8, 16, 16), attention=(0, 1, 1), text_hidden=16)
+    torch.manual_seed(0)
+    unet = build_unet(cfg, latent_channels=4, latent_size=8).eval()
+    x, t, text = torch.randn(2, 4, 8, 8), torch.tensor([10, 900]), torch.randn(2, 5, 16)
+    with torch.no_grad():
+        before = unet(x, t, encoder_hidden_states=text).sample
+        maps, switch = capture_cross_attention(unet)
+        switch["active"] = True
+        after = unet(x, t, encoder_hidden_states=text).sample
+    assert torch.allclose(before, after, atol=1e-5)
+    # cross-attention at 4x4 and 2x2, down and up, mid block at 2x2: one [B, N, L] map per layer
+    assert sorted({m.shape[1] for m in maps}) == [4, 16]
+    assert all(m.shape[0] == 2 and m.shape[2] == 5 for m in maps)
+    assert all(torch.allclose(m.sum(-1), torch.ones(())) for m in maps)  # softmax over the words
+    switch["active"] = False
+    maps.clear()
+    with torch.no_grad():
+        unet(x, t, encoder_hidden_states=text)
+    assert maps == []
+
+
+def test_grounding_loss_trains_attention_into_the_boxes():
+    """A few optimiser steps on the grounding loss alone move each word's attention into its box."""
+    from latentgen.train.grounding import capture_cross_attention, grounding_loss
+
+    cfg = UNetTrainConfig.tiny(block_out_channels=(8, 16, 16), attention=(0, 1, 1), text_hidden=16)
+    torch.manual_seed(0)
+    unet = build_unet(cfg, latent_channels=4, latent_size=8)
+    maps, switch = capture_cross_attention(unet)
+    switch["active"] = True
+    gen = torch.Generator().manual_seed(0)
+    x, text = torch.randn(4, 4, 8, 8, generator=gen), torch.randn(4, 3, 16, generator=gen)
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]).expand(4, 2, 4)
+    tokens = torch.tensor([[0, 1, 2]]).expand(4, 3)
+    opt = torch.optim.Adam(unet.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        maps.clear()
+        unet(x, torch.full((4,), 500), encoder_hidden_states=text)
+        loss = grounding_loss(maps, tokens, boxes)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_world_runs_cache_grounding_targets_and_train_with_them(tmp_path):
+    vae = train_vae(VAETrainConfig.tiny(run_dir=str(tmp_path / "vae"), max_steps=2))
+    cfg = UNetTrainConfig.tiny(
+        run_dir=str(tmp_path / "unet"),
+        vae=str(vae),
+        max_steps=3,
+        ground_weight=0.1,
+        layout_mix="pair=1",
+        max_tokens=24,  # the world's longest caption fits: none is cut, so every one is grounded
+    )
+    train_unet(cfg, stop_at=1)
+    train_unet(cfg)  # resumed
+    whole = train_unet(replace(cfg, run_dir=str(tmp_path / "whole")))
+    assert_same_state(tmp_path / "unet", whole)
+    assert "ground" in (whole / "train.log").read_text()
+    data = load_file(str(whole / "data.safetensors"))
+    assert data["boxes"].shape == (16, 4, 4) and data["token_objects"].shape == (64, 24)  # 4 captions each
+    # pairs: every caption names its two objects, each by its own bit
+    assert ((data["token_objects"] == 1).any(1) & (data["token_objects"] == 2).any(1)).all()
+    assert data["boxes"][:, 2:].isnan().all() and not data["boxes"][:, :2].isnan().any()
+
+
+def test_grounding_needs_world_data(folder, vae_run, tmp_path):
+    cfg = UNetTrainConfig.tiny(run_dir=str(tmp_path / "u"), vae=str(vae_run), data=str(folder))
+    with pytest.raises(UsageError, match="ground_weight 0.1 needs data 'world'"):
+        train_unet(replace(cfg, ground_weight=0.1))
+    with pytest.raises(UsageError, match="ground_weight -1.0 needs"):
+        train_unet(replace(cfg, data="world", ground_weight=-1.0))

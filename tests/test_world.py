@@ -30,6 +30,7 @@ from latentgen.world import (
     spec_from_scene,
     unknown_words,
     vocabulary,
+    word_objects,
 )
 from latentgen.world.captions import words
 from latentgen.world.palette import contrasts
@@ -116,6 +117,31 @@ def test_caption_colour_and_kind_words_name_something_in_the_scene(samples):
             tokens = words(caption)
             assert {t for t in tokens if t in COLOUR_NAMES} <= colours, caption
             assert {t.removesuffix("s") for t in tokens if t.removesuffix("s") in KINDS} <= kinds, caption
+
+
+def test_word_objects_tie_each_noun_phrase_to_its_objects():
+    scene = scene_for_spec(parse_prompt("a big red circle above a small blue square"), random.Random(0))
+    circle, square = 1, 2  # bit masks of scene.objects: the subject first
+    caption = "a small blue square below a big red circle on a white background"
+    pairs = list(zip(words(caption), word_objects(caption, scene), strict=True))
+    assert pairs[:9] == [
+        ("a", 0), ("small", square), ("blue", square), ("square", square), ("below", 0),
+        ("a", 0), ("big", circle), ("red", circle), ("circle", circle),
+    ]  # fmt: skip
+    assert dict(pairs)["white"] == dict(pairs)["background"] == 0  # the background's colour names no object
+    three = scene_for_spec(parse_prompt("three green hearts"), random.Random(0))
+    assert word_objects("three green hearts", three) == [0b111] * 3
+    assert word_objects("a hat", three) == [0, 0]  # a kind the scene lacks names nothing
+
+
+def test_word_objects_align_with_the_words_of_every_caption(samples):
+    for sample in samples:
+        for caption in sample.captions:
+            masks = word_objects(caption, sample.scene)
+            assert len(masks) == len(words(caption))
+            named = {o.kind for i, o in enumerate(sample.scene.objects) if any(m >> i & 1 for m in masks)}
+            said = {w.removesuffix("s") for w in words(caption)} & set(KINDS)
+            assert named == said, caption
 
 
 def test_captions_vary_their_phrasing(samples):

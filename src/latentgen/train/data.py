@@ -33,10 +33,18 @@ _EVAL_SEED_OFFSET = 1_000_003
 
 @dataclass
 class ImageCaptions:
-    """Images as uint8 ``[N, 3, H, W]`` (cheap to hold: 12 KB per 64×64 image) and their captions."""
+    """Images as uint8 ``[N, 3, H, W]`` (cheap to hold: 12 KB per 64×64 image) and their captions.
+
+    World renders also say where their objects are, for the grounding loss
+    (``latentgen.train.grounding``); a folder's images do not (None).
+    """
 
     images: torch.Tensor  # [N, 3, H, W] uint8
     captions: list[list[str]]  # N lists, each with at least one caption
+    boxes: torch.Tensor | None = None  # [N, K, 4] objects' (x0, y0, x1, y1) canvas fractions; NaN: none
+    # per image, per caption, per word (as latentgen.world.captions.words splits it): a bit mask of
+    # the objects (rows of ``boxes``) the word names; 0 for words that name none
+    word_objects: list[list[list[int]]] | None = None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -87,24 +95,37 @@ def _world():
         from latentgen import world
     except ImportError as exc:
         raise UsageError(f"the world renderer is not available ({exc}); train on a folder instead") from None
-    if not all(hasattr(world, name) for name in ("render_sample", "vocabulary", "parse_layout_mix")):
+    if not all(
+        hasattr(world, name) for name in ("render_sample", "vocabulary", "parse_layout_mix", "word_objects")
+    ):
         raise UsageError(
-            "latentgen.world lacks render_sample(), vocabulary() or parse_layout_mix(); train on a folder instead"
+            "latentgen.world lacks render_sample(), vocabulary(), parse_layout_mix() or word_objects(); "
+            "train on a folder instead"
         )
     return world
 
 
 def _render_world(n: int, seed: int, resolution: int, mix: dict[str, float]) -> ImageCaptions:
+    from latentgen.train.grounding import MAX_OBJECTS
+
     world = _world()
     images = torch.empty(n, 3, resolution, resolution, dtype=torch.uint8)
-    captions = []
+    boxes = torch.full((n, MAX_OBJECTS, 4), float("nan"))
+    captions, word_objects = [], []
     for i in range(n):
         sample = world.render_sample(seed, i, mix=mix)
         images[i] = _to_tensor(sample.image, resolution)
         captions.append([c.strip() for c in sample.captions if c.strip()])
         if not captions[-1]:
             raise UsageError(f"world render (seed {seed}, index {i}) has no caption")
-    return ImageCaptions(images, captions)
+        objects = sample.scene.objects
+        if len(objects) > MAX_OBJECTS:
+            raise UsageError(
+                f"world render (seed {seed}, index {i}) has {len(objects)} objects; at most {MAX_OBJECTS}"
+            )
+        boxes[i, : len(objects)] = torch.tensor([o.box for o in objects], dtype=torch.float32)
+        word_objects.append([world.word_objects(c, sample.scene) for c in captions[-1]])
+    return ImageCaptions(images, captions, boxes, word_objects)
 
 
 def _read_folder(folder: Path, limit: int, resolution: int, held_out: bool) -> ImageCaptions:

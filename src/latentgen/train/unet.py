@@ -118,6 +118,10 @@ class UNetTrainConfig:
     # blob at t >= 600, whatever kind the prompt named: kinds are decided at high noise, and there
     # the v-loss weighs least.
     high_noise_share: float = 0.5
+    # Weight of the grounding loss (latentgen.train.grounding; world data only): cross-attention from
+    # an object's words should fall inside its box. 0 = off (every release so far trained without).
+    # The loss is 0..1 against a diffusion loss of ~0.1; 0.05 is where an experiment would start.
+    ground_weight: float = 0.0
     # optimisation (AdamW, one optimiser for the U-Net and the text encoder)
     batch_size: int = 32
     max_steps: int = 15_000
@@ -269,12 +273,15 @@ class LatentCaptions:
     caption_ids: torch.Tensor  # [T] rows of `tokens`, the captions of image i at caption_start[i]...
     caption_start: torch.Tensor  # [N + 1]
     sample_prompts: list[str]  # held-out captions for the sample grids
+    # For the grounding loss (world data only; None for a folder, or a run cached before it existed):
+    boxes: torch.Tensor | None = None  # [N, K, 4] objects' boxes, canvas fractions, NaN rows: none
+    token_objects: torch.Tensor | None = None  # [T, L] int16: per caption entry and token, objects named
 
     def __len__(self) -> int:
         return len(self.latent_mean)
 
     def save(self, path: Path) -> None:
-        tensors = {k: v.contiguous() for k, v in vars(self).items() if torch.is_tensor(v)}
+        tensors = {k: v.contiguous() for k, v in vars(self).items() if torch.is_tensor(v)}  # Nones left out
         save_file(tensors, str(path), metadata={"sample_prompts": json.dumps(self.sample_prompts)})
 
     @classmethod
@@ -312,6 +319,9 @@ def encode_dataset(
         )
     caption_ids = [row[c] for caps in train.captions for c in caps]
     counts = torch.tensor([len(caps) for caps in train.captions])
+    token_objects = None
+    if train.word_objects is not None:
+        token_objects = _token_objects(train, lengths, row, max_tokens)
     return LatentCaptions(
         latent_mean=torch.cat(means),
         latent_std=torch.cat(stds),
@@ -319,22 +329,53 @@ def encode_dataset(
         caption_ids=torch.tensor(caption_ids, dtype=torch.long),
         caption_start=torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
         sample_prompts=sample_prompts,
+        boxes=train.boxes,
+        token_objects=token_objects,
     )
+
+
+def _token_objects(
+    train: ImageCaptions, lengths: list[int], row: dict[str, int], max_tokens: int
+) -> torch.Tensor:
+    """``[T, L]`` int16: for every (image, caption) entry, the objects each token names (bit masks).
+
+    The world's tokenizer makes every word one token after BOS, so word ``i`` is token ``i + 1``;
+    ``lengths`` are the captions' unpadded token counts (BOS and EOS included). A caption whose
+    tokens do not line up with its words (a word split in two, or cut at ``max_tokens``) is left
+    ungrounded, all 0.
+    """
+    from latentgen.world.captions import words
+
+    out = torch.zeros(sum(len(c) for c in train.captions), max_tokens, dtype=torch.int16)
+    misaligned, entry = 0, 0
+    for caps, masks in zip(train.captions, train.word_objects, strict=True):
+        for caption, mask in zip(caps, masks, strict=True):
+            n = len(words(caption))
+            if len(mask) == n and lengths[row[caption]] == n + 2 <= max_tokens:
+                out[entry, 1 : n + 1] = torch.tensor(mask, dtype=torch.int16)
+            else:
+                misaligned += 1
+            entry += 1
+    if misaligned:
+        log.warning("%d captions are not one token per word and get no grounding targets", misaligned)
+    return out
 
 
 def draw_batch(
     data: LatentCaptions, batch_size: int, uncond_prob: float, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random images, one random caption each (blanked with ``uncond_prob``), a latent drawn from each
-    image's posterior. Returns token ids ``[B, L]`` and unscaled latents ``[B, C, h, w]``."""
+    image's posterior. Returns token ids ``[B, L]``, unscaled latents ``[B, C, h, w]``, the images'
+    indices ``[B]`` and their caption entries ``[B]`` (-1 where the caption was blanked)."""
     index = torch.randint(len(data), (batch_size,), generator=gen)
     first = data.caption_start[index]
     count = data.caption_start[index + 1] - first
     pick = first + (torch.rand(batch_size, generator=gen) * count).long().clamp_max(count - 1)
-    rows = data.caption_ids[pick]
-    rows = torch.where(torch.rand(batch_size, generator=gen) < uncond_prob, 0, rows)  # row 0 is ""
+    blank = torch.rand(batch_size, generator=gen) < uncond_prob
+    rows = torch.where(blank, 0, data.caption_ids[pick])  # row 0 is ""
     eps = torch.randn(data.latent_mean[index].shape, generator=gen)
-    return data.tokens[rows], data.latent_mean[index] + data.latent_std[index] * eps
+    latents = data.latent_mean[index] + data.latent_std[index] * eps
+    return data.tokens[rows], latents, index, torch.where(blank, -1, pick)
 
 
 def sample_timesteps(
@@ -490,6 +531,11 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
         raise UsageError(
             f"high_noise_share {cfg.high_noise_share} must be in [0, 1] (0.5 = uniform timesteps)"
         )
+    if cfg.ground_weight < 0 or (cfg.ground_weight > 0 and cfg.data != WORLD):
+        raise UsageError(
+            f"ground_weight {cfg.ground_weight} needs data 'world' (whose renders know their objects' boxes) "
+            "and a value of 0 or more; use 0 for other data"
+        )
     if cfg.layout_mix:  # a typo here should fail now, not after the VAE is loaded
         layout_weights(cfg.data, cfg.layout_mix)
     run_dir = Path(cfg.run_dir)
@@ -555,6 +601,10 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
         modules = {"unet": unet, "text_encoder": text_encoder}
         if init is not None:
             _load_init_weights(modules, init)
+        if cfg.ground_weight > 0:
+            from latentgen.train.grounding import capture_cross_attention, grounding_loss
+
+            attention_maps, capturing = capture_cross_attention(unet)
         params = [p for m in modules.values() for p in m.parameters()]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         ema = EMA(modules, cfg.ema_decay)
@@ -606,17 +656,28 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            input_ids, latents = draw_batch(data, cfg.batch_size, cfg.uncond_prob, gen)
+            input_ids, latents, index, entries = draw_batch(data, cfg.batch_size, cfg.uncond_prob, gen)
             latents = latents * scale  # [B, C, h, w], unit variance
             noise = torch.randn(latents.shape, generator=gen)
             timesteps = sample_timesteps(cfg.batch_size, cfg.num_train_timesteps, cfg.high_noise_share, gen)
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
 
             text_emb = text_encoder(input_ids)[0]  # [B, L, D]
+            if cfg.ground_weight > 0:
+                attention_maps.clear()
+                capturing["active"] = True
             pred = unet(noisy, timesteps, encoder_hidden_states=text_emb).sample
             loss = diffusion_loss(
                 pred, latents, noise, alphas_cumprod[timesteps], cfg.prediction_type, cfg.snr_gamma
             )
+            logged = {"loss": loss.item()}
+            if cfg.ground_weight > 0:
+                capturing["active"] = False
+                named = torch.where((entries >= 0)[:, None], data.token_objects[entries.clamp(min=0)], 0)
+                ground = grounding_loss(attention_maps, named, data.boxes[index])
+                attention_maps.clear()
+                logged["ground"] = ground.item()
+                loss = loss + cfg.ground_weight * ground
             if not math.isfinite(loss.item()):
                 raise LatentgenError(
                     f"U-Net loss is {loss.item()} at step {step}; lower the learning rate (lr)"
@@ -628,7 +689,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
             step += 1
             ema.update(step)
 
-            progress.update(step, lr, loss=loss.item())
+            progress.update(step, lr, **logged)
             if cfg.sample_every and step % cfg.sample_every == 0:
                 sample()
             if stop.is_set():

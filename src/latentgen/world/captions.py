@@ -70,6 +70,31 @@ def unknown_words(prompt: str) -> list[str]:
     return list(dict.fromkeys(unknown))
 
 
+def word_objects(caption: str, scene: Scene) -> list[int]:
+    """For each word of ``caption`` (as :func:`words` splits it), the scene objects it describes.
+
+    A bit mask over ``scene.objects`` (bit i = object i), 0 for words that describe no one object
+    (determiners, relations, the background). A noun phrase's kind word and the number, size and
+    colour words just before it describe every object of that kind: one in a pair or a wearing scene,
+    where the two kinds differ, all of them in a count. Training uses it to tie words to places.
+    """
+    attributes = {*NUMBER_WORDS.values(), *SIZES, *COLOUR_NAMES}
+    kind_of = {**{k: k for k in KINDS}, **{p: k for k, p in PLURALS.items()}}
+    masks, pending = [], []  # pending: indices of attribute words waiting for their noun
+    for word in words(caption):
+        masks.append(0)
+        if word in kind_of:
+            mask = sum(1 << i for i, o in enumerate(scene.objects) if o.kind == kind_of[word])
+            for i in (*pending, len(masks) - 1):
+                masks[i] = mask
+            pending = []
+        elif word in attributes:
+            pending.append(len(masks) - 1)
+        else:  # "background", "and", a relation...: the attributes before it were not an object's
+            pending = []
+    return masks
+
+
 def captions(scene: Scene, rng: random.Random, n: int = CAPTIONS_PER_SAMPLE) -> list[str]:
     """``n`` distinct true captions of ``scene`` (fewer if the scene has fewer phrasings).
 

@@ -1,0 +1,145 @@
+"""Does the model read word order? A probe of relation prompts in the built-in world.
+
+For every directional relation ("above", "below", "left of", "right of") and every pair of kinds
+A, B, two prompts that differ only in order are asked with the same seeds:
+
+    P = "a red A above a blue B"        Q = "a blue B above a red A"
+
+The judge reads each image and finds A and B (the first of each kind it sees). An image is then
+**right** (the prompt's subject is on the stated side), **reversed** (the two are on the relation's
+axis, the wrong way round), **wrong axis** (side by side when asked for above/below, or stacked
+when asked for left/right) or **missing** (A or B not found). Two numbers sum it up:
+
+- *order right*: right / (right + reversed). A model that puts the two kinds on the stated axis
+  but in either order scores 0.5.
+- *same layout under swap*: of the seeds where both P and Q put A and B on the axis, the share
+  where A is on the same side in both. A model that follows order gets 0 (Q swaps the two); one
+  that reads the prompt as a bag of words gets 1, since only the noise decides which goes where.
+
+    python benchmarks/relation_probe.py --model builtin
+    python benchmarks/relation_probe.py --model PATH --seeds 4 --json probe.json
+
+Prints a table; ``--json FILE`` also writes the counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from latentgen import GenerationRequest, Pipeline, load_model
+from latentgen.world import KINDS, read_image
+from latentgen.world.judge import Reading
+from latentgen.world.scene import box_centre
+
+RELATIONS = ("above", "below", "left of", "right of")
+OUTCOMES = ("right", "reversed", "wrong axis", "missing")
+
+
+def subject_side(reading: Reading, subject: str, obj: str, relation: str) -> bool | str:
+    """True/False: is ``subject`` on the side of ``obj`` that ``relation`` names; else "wrong axis"/"missing"."""
+    found = {}
+    for d in reading.objects:
+        found.setdefault(d.kind, d.box)
+    if subject not in found or obj not in found:
+        return "missing"
+    (sx, sy), (ox, oy) = box_centre(found[subject]), box_centre(found[obj])
+    dx, dy = ox - sx, oy - sy  # dx > 0: the subject is left of the object; dy > 0: above it
+    vertical = relation in ("above", "below")
+    if (abs(dy) > abs(dx)) != vertical:
+        return "wrong axis"
+    ahead = bool((dy if vertical else dx) > 0)  # a plain bool, not numpy's
+    return ahead == (relation in ("above", "left of"))
+
+
+def same_layout(side_p: bool | str, side_q: bool | str) -> bool | None:
+    """Is A on the same side of B in P's image as in Q's (where B is the subject)? None: not both on the axis."""
+    if isinstance(side_p, str) or isinstance(side_q, str):
+        return None
+    return side_p == (not side_q)  # in Q, A's side of B is the opposite of B's side of A
+
+
+def outcome(side: bool | str) -> str:
+    """One of :data:`OUTCOMES` for a :func:`subject_side` result."""
+    if isinstance(side, str):
+        return side
+    return "right" if side else "reversed"
+
+
+@torch.no_grad()
+def probe(model, seeds: int, kinds=KINDS, steps: int | None = None, guidance: float | None = None) -> dict:
+    pipe = Pipeline(model)
+    counts = {r: Counter() for r in RELATIONS}
+    swapped = {r: Counter() for r in RELATIONS}  # "same" / "swapped" layouts of P and Q per seed
+    for relation, (a, b) in itertools.product(RELATIONS, itertools.combinations(kinds, 2)):
+        p, q = f"a red {a} {relation} a blue {b}", f"a blue {b} {relation} a red {a}"
+        sides = []
+        for prompt, subject, obj in ((p, a, b), (q, b, a)):
+            request = GenerationRequest(prompt, seed=0, num_images=seeds, steps=steps, guidance=guidance)
+            made = pipe.generate(request, batch_size=seeds)
+            sides.append([subject_side(read_image(g.image), subject, obj, relation) for g in made])
+        for side_p, side_q in zip(*sides, strict=True):
+            counts[relation][outcome(side_p)] += 1
+            counts[relation][outcome(side_q)] += 1
+            same = same_layout(side_p, side_q)
+            if same is not None:
+                swapped[relation]["same" if same else "swapped"] += 1
+    return {"counts": counts, "swap": swapped}
+
+
+def summary(result: dict) -> dict:
+    """Order right and same layout under swap, per relation and over all."""
+    rows = {}
+    for relation in (*RELATIONS, "all"):
+        keys = RELATIONS if relation == "all" else (relation,)
+        c = sum((result["counts"][k] for k in keys), Counter())
+        s = sum((result["swap"][k] for k in keys), Counter())
+        on_axis, pairs = c["right"] + c["reversed"], s["same"] + s["swapped"]
+        rows[relation] = {
+            **{o: c[o] for o in OUTCOMES},
+            "order_right": c["right"] / on_axis if on_axis else None,
+            "same_layout_under_swap": s["same"] / pairs if pairs else None,
+            "swap_pairs": pairs,
+        }
+    return rows
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="builtin")
+    ap.add_argument("--seeds", type=int, default=2, help="seeds per prompt (0, 1, ...)")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated; every pair is asked")
+    ap.add_argument("--steps", type=int, default=None, help="default: the model's")
+    ap.add_argument("--guidance", type=float, default=None, help="default: the model's")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kinds = tuple(k.strip() for k in args.kinds.split(","))
+    if len(kinds) < 2 or not set(kinds) <= set(KINDS):
+        ap.error(f"--kinds {args.kinds!r}: give two or more of {', '.join(KINDS)}")
+    model = load_model(args.model, device="cpu", dtype="fp32")
+    rows = summary(probe(model, args.seeds, kinds, args.steps, args.guidance))
+    print("| relation | right | reversed | wrong axis | missing | order right | same layout under swap |")
+    print("|---|---|---|---|---|---|---|")
+    for relation, r in rows.items():
+        cells = [str(r[o]) for o in OUTCOMES] + [_fmt(r["order_right"]), _fmt(r["same_layout_under_swap"])]
+        print(f"| {relation} | " + " | ".join(cells) + f" (of {r['swap_pairs']}) |")
+    if args.json:
+        settings = {"seeds": args.seeds, "kinds": kinds, "steps": args.steps, "guidance": args.guidance}
+        args.json.write_text(json.dumps({"model": args.model, **settings, "rows": rows}, indent=2) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
