@@ -17,13 +17,14 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors import safe_open
 from safetensors.torch import load_file
+from transformers import CLIPTokenizer
 
 from latentgen.errors import ModelLoadError, OutputExistsError, UsageError
 from latentgen.train import UNetTrainConfig, VAETrainConfig, export_model, train_unet, train_vae
 from latentgen.train.data import caption_words, load_data
 from latentgen.train.run import check_resume, load_checkpoint
-from latentgen.train.unet import build_tokenizer, build_unet, sample_timesteps
-from latentgen.world import render_sample
+from latentgen.train.unet import LatentCaptions, build_tokenizer, build_unet, sample_timesteps
+from latentgen.world import render_sample, swap_subjects
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220)}
 
@@ -328,21 +329,21 @@ def test_unet_sample_grid(folder, vae_run, tmp_path):
 def test_diffusion_loss_targets_match_diffusers():
     from diffusers import DDPMScheduler
 
-    from latentgen.train.unet import diffusion_loss, noise_schedule_config
+    from latentgen.train.unet import diffusion_errors, noise_schedule_config
 
     sched = DDPMScheduler.from_config(noise_schedule_config(UNetTrainConfig()))
     g = torch.Generator().manual_seed(0)
     latents, noise = torch.randn(6, 4, 8, 8, generator=g), torch.randn(6, 4, 8, 8, generator=g)
     t = torch.tensor([0, 10, 300, 600, 900, 999])
     ac = sched.alphas_cumprod[t]
-    assert diffusion_loss(noise, latents, noise, ac, "epsilon", 5.0) == 0
+    assert diffusion_errors(noise, latents, noise, ac, "epsilon", 5.0).mean() == 0
     v = sched.get_velocity(latents, noise, t)
-    assert diffusion_loss(v, latents, noise, ac, "v_prediction", 5.0) < 1e-12
+    assert diffusion_errors(v, latents, noise, ac, "v_prediction", 5.0).mean() < 1e-12
     # min-SNR-γ weighs the clean latents' error as min(SNR, γ) whatever the U-Net predicts
     x0_err = torch.randn(6, 4, 8, 8, generator=g)
     a, s = ac.sqrt()[:, None, None, None], (1 - ac).sqrt()[:, None, None, None]
-    eps_loss = diffusion_loss(noise - a / s * x0_err, latents, noise, ac, "epsilon", 5.0)
-    v_loss = diffusion_loss(v - x0_err / s, latents, noise, ac, "v_prediction", 5.0)
+    eps_loss = diffusion_errors(noise - a / s * x0_err, latents, noise, ac, "epsilon", 5.0).mean()
+    v_loss = diffusion_errors(v - x0_err / s, latents, noise, ac, "v_prediction", 5.0).mean()
     assert eps_loss.item() == pytest.approx(v_loss.item(), rel=1e-4)
 
 
@@ -642,9 +643,41 @@ def test_world_runs_cache_grounding_targets_and_train_with_them(tmp_path):
     assert data["boxes"][:, 2:].isnan().all() and not data["boxes"][:, :2].isnan().any()
 
 
-def test_grounding_needs_world_data(folder, vae_run, tmp_path):
+@pytest.mark.parametrize("name", ["ground_weight", "order_weight"])
+def test_world_only_losses_need_world_data(folder, vae_run, tmp_path, name):
     cfg = UNetTrainConfig.tiny(run_dir=str(tmp_path / "u"), vae=str(vae_run), data=str(folder))
-    with pytest.raises(UsageError, match="ground_weight 0.1 needs data 'world'"):
-        train_unet(replace(cfg, ground_weight=0.1))
-    with pytest.raises(UsageError, match="ground_weight -1.0 needs"):
-        train_unet(replace(cfg, data="world", ground_weight=-1.0))
+    with pytest.raises(UsageError, match=f"{name} 0.1 needs data 'world'"):
+        train_unet(replace(cfg, **{name: 0.1}))
+    with pytest.raises(UsageError, match=f"{name} -1.0 needs"):
+        train_unet(replace(cfg, data="world", **{name: -1.0}))
+    assert not (tmp_path / "u").exists()
+
+
+def test_order_loss_is_the_margin_for_an_order_blind_model_and_zero_past_it():
+    from latentgen.train.unet import order_loss
+
+    true = torch.tensor([0.1, 0.2], requires_grad=True)
+    assert order_loss(true, true.detach().clone(), 0.2).item() == pytest.approx(0.2)  # blind: gap 0
+    assert order_loss(true, torch.tensor([0.13, 0.26]), 0.2).item() == 0.0  # 30% worse: past the margin
+    swapped = torch.tensor([0.11, 0.2], requires_grad=True)
+    order_loss(true, swapped, 0.2).backward()
+    assert (swapped.grad < 0).all()  # it pushes the false caption's error up...
+    assert (true.grad > 0).all()  # ...and the true caption's down
+
+
+def test_world_runs_train_with_the_order_loss(tmp_path):
+    vae = train_vae(VAETrainConfig.tiny(run_dir=str(tmp_path / "vae"), max_steps=2))
+    cfg = UNetTrainConfig.tiny(
+        run_dir=str(tmp_path / "unet"), vae=str(vae), max_steps=3, layout_mix="pair=1", max_tokens=24,
+        order_weight=1.0, order_min_t=0, uncond_prob=0.0,
+    )  # fmt: skip
+    train_unet(cfg, stop_at=1)
+    train_unet(cfg)
+    assert_same_state(tmp_path / "unet", train_unet(replace(cfg, run_dir=str(tmp_path / "whole"))))
+    assert " order " in (tmp_path / "whole" / "train.log").read_text()
+    cached = LatentCaptions.load(tmp_path / "whole" / "data.safetensors")
+    tokenizer = CLIPTokenizer.from_pretrained(tmp_path / "whole" / "tokenizer")
+    text = tokenizer.batch_decode(cached.tokens, skip_special_tokens=True)
+    # every caption stating a direction has its swapped twin tokenized beside it
+    pairs = [(text[r], text[s]) for r, s in enumerate(cached.swap_rows.tolist()) if s >= 0]
+    assert pairs and all(swap_subjects(a) == b for a, b in pairs)

@@ -28,6 +28,7 @@ from latentgen.world import (
     render_scene,
     scene_for_spec,
     spec_from_scene,
+    swap_subjects,
     unknown_words,
     vocabulary,
     word_objects,
@@ -142,6 +143,30 @@ def test_word_objects_align_with_the_words_of_every_caption(samples):
             named = {o.kind for i, o in enumerate(sample.scene.objects) if any(m >> i & 1 for m in masks)}
             said = {w.removesuffix("s") for w in words(caption)} & set(KINDS)
             assert named == said, caption
+
+
+def test_swap_subjects_swaps_the_noun_phrases_around_a_direction():
+    assert (
+        swap_subjects("a small red circle to the left of an orange heart on a white background")
+        == "an orange heart to the left of a small red circle on a white background"
+    )
+    assert swap_subjects("one star below a big cat") == "a big cat below one star"
+    for caption in ("a red circle", "three hats", "a cat next to a star", "a cat and a hat",
+                    "a cat wearing a hat", "a star on the left", "a circle at the top left"):  # fmt: skip
+        assert swap_subjects(caption) is None, caption
+
+
+def test_a_swapped_caption_is_false_of_its_scene(samples):
+    swapped = 0
+    for sample in samples:
+        truth = reading_from_scene(sample.scene)
+        for caption in sample.captions:
+            false = swap_subjects(caption)
+            if false is not None:
+                swapped += 1
+                assert sorted(words(false)) == sorted(words(caption))  # the same words...
+                assert not all(check_reading(truth, parse_prompt(false)).values()), (caption, false)
+    assert swapped > 50  # ...and pair scenes state directions often
 
 
 def test_captions_vary_their_phrasing(samples):

@@ -122,6 +122,14 @@ class UNetTrainConfig:
     # an object's words should fall inside its box. 0 = off (every release so far trained without).
     # The loss is 0..1 against a diffusion loss of ~0.1; 0.05 is where an experiment would start.
     ground_weight: float = 0.0
+    # Weight of the order loss (world data only; see order_loss): for a caption that states a
+    # direction ("a red circle above a blue square"), the U-Net, asked again with the two objects
+    # swapped (a false caption of the same image), should denoise at least `order_margin` worse
+    # (relative). Only at timesteps >= order_min_t, where the picture no longer shows the layout and
+    # the text must decide it. 0 = off. Costs a second U-Net pass for those samples.
+    order_weight: float = 0.0
+    order_margin: float = 0.2
+    order_min_t: int = 500
     # optimisation (AdamW, one optimiser for the U-Net and the text encoder)
     batch_size: int = 32
     max_steps: int = 15_000
@@ -269,13 +277,18 @@ class EMA:
 class LatentCaptions:
     latent_mean: torch.Tensor  # [N, C, h, w] posterior mean, VAE scale (not yet scaled)
     latent_std: torch.Tensor  # [N, C, h, w] posterior std
-    tokens: torch.Tensor  # [U, L] token ids of the distinct captions; row 0 is the empty caption ""
+    # [U, L] token ids of the distinct captions (and of their swapped versions, see swap_rows); row 0
+    # is the empty caption ""
+    tokens: torch.Tensor
     caption_ids: torch.Tensor  # [T] rows of `tokens`, the captions of image i at caption_start[i]...
     caption_start: torch.Tensor  # [N + 1]
     sample_prompts: list[str]  # held-out captions for the sample grids
     # For the grounding loss (world data only; None for a folder, or a run cached before it existed):
     boxes: torch.Tensor | None = None  # [N, K, 4] objects' boxes, canvas fractions, NaN rows: none
     token_objects: torch.Tensor | None = None  # [T, L] int16: per caption entry and token, objects named
+    # For the order loss (world data only): [U] row of `tokens` holding each row's caption with its
+    # two objects swapped around its direction (latentgen.world.swap_subjects), -1 if it has none
+    swap_rows: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.latent_mean)
@@ -308,7 +321,13 @@ def encode_dataset(
         means.append(posterior.mean.contiguous())
         stds.append(posterior.std.contiguous())
 
-    distinct = [""] + sorted({c for caps in train.captions for c in caps} - {""})
+    captions = {c for caps in train.captions for c in caps} - {""}
+    swapped = {}
+    if train.word_objects is not None:  # world data: each caption's false twin, for the order loss
+        from latentgen.world import swap_subjects
+
+        swapped = {c: s for c in captions if (s := swap_subjects(c)) is not None}
+    distinct = [""] + sorted(captions | set(swapped.values()))
     row = {c: i for i, c in enumerate(distinct)}
     enc = tokenizer(distinct, padding="max_length", max_length=max_tokens, truncation=True)
     lengths = [len(ids) for ids in tokenizer(distinct)["input_ids"]]
@@ -319,9 +338,10 @@ def encode_dataset(
         )
     caption_ids = [row[c] for caps in train.captions for c in caps]
     counts = torch.tensor([len(caps) for caps in train.captions])
-    token_objects = None
+    token_objects = swap_rows = None
     if train.word_objects is not None:
         token_objects = _token_objects(train, lengths, row, max_tokens)
+        swap_rows = torch.tensor([row[swapped[c]] if c in swapped else -1 for c in distinct])
     return LatentCaptions(
         latent_mean=torch.cat(means),
         latent_std=torch.cat(stds),
@@ -331,6 +351,7 @@ def encode_dataset(
         sample_prompts=sample_prompts,
         boxes=train.boxes,
         token_objects=token_objects,
+        swap_rows=swap_rows,
     )
 
 
@@ -391,7 +412,7 @@ def sample_timesteps(
     return torch.where(high, num_timesteps - half + offset, offset)
 
 
-def diffusion_loss(
+def diffusion_errors(
     pred: torch.Tensor,
     latents: torch.Tensor,
     noise: torch.Tensor,
@@ -399,7 +420,8 @@ def diffusion_loss(
     prediction_type: str,
     snr_gamma: float,
 ) -> torch.Tensor:
-    """MSE of the U-Net's prediction (of the noise, or of v), per sample weighted by min-SNR-γ if γ > 0.
+    """Per sample ``[B]``: MSE of the U-Net's prediction (of the noise, or of v), weighted by
+    min-SNR-γ if γ > 0.
 
     ``pred``, ``latents``, ``noise``: ``[B, C, h, w]``; ``alphas_cumprod``: ``[B]``, of each sample's
     timestep. min-SNR-γ weighs every timestep as min(SNR, γ) in terms of the clean latents' error.
@@ -410,7 +432,18 @@ def diffusion_loss(
     if snr_gamma > 0:
         snr = alphas_cumprod / (1 - alphas_cumprod)
         mse = mse * snr.clamp(max=snr_gamma) / (snr if prediction_type == "epsilon" else snr + 1)
-    return mse.mean()
+    return mse
+
+
+def order_loss(true_errors: torch.Tensor, swapped_errors: torch.Tensor, margin: float) -> torch.Tensor:
+    """Hinge on how much worse the U-Net denoises an image under its caption's false, swapped twin.
+
+    Per sample, ``gap = (swapped - true) / true`` (the true error detached as the scale); the loss is
+    ``mean(relu(margin - gap))``: 0 once the swapped caption's error is ``margin`` (relative) above the
+    true one's. A model blind to word order has gap 0 and loss ``margin``.
+    """
+    gap = (swapped_errors - true_errors) / true_errors.detach().clamp(min=1e-8)
+    return torch.relu(margin - gap).mean()
 
 
 def _vocabulary(cfg: UNetTrainConfig, train: ImageCaptions) -> list[str]:
@@ -531,11 +564,13 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
         raise UsageError(
             f"high_noise_share {cfg.high_noise_share} must be in [0, 1] (0.5 = uniform timesteps)"
         )
-    if cfg.ground_weight < 0 or (cfg.ground_weight > 0 and cfg.data != WORLD):
-        raise UsageError(
-            f"ground_weight {cfg.ground_weight} needs data 'world' (whose renders know their objects' boxes) "
-            "and a value of 0 or more; use 0 for other data"
-        )
+    for name in ("ground_weight", "order_weight"):
+        value = getattr(cfg, name)
+        if value < 0 or (value > 0 and cfg.data != WORLD):
+            raise UsageError(
+                f"{name} {value} needs data 'world' (whose renders know their objects and captions) "
+                "and a value of 0 or more; use 0 for other data"
+            )
     if cfg.layout_mix:  # a typo here should fail now, not after the VAE is loaded
         layout_weights(cfg.data, cfg.layout_mix)
     run_dir = Path(cfg.run_dir)
@@ -582,7 +617,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
                 "U-Net data: %d images, %d captions (%d distinct), vocabulary %d words, latents %s (%.1fs)",
                 len(data),
                 len(data.caption_ids),
-                len(data.tokens) - 1,
+                data.caption_ids.unique().numel(),
                 len(vocabulary),
                 "×".join(map(str, data.latent_mean.shape[1:])),
                 time.monotonic() - t_data,
@@ -667,9 +702,10 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
                 attention_maps.clear()
                 capturing["active"] = True
             pred = unet(noisy, timesteps, encoder_hidden_states=text_emb).sample
-            loss = diffusion_loss(
+            errors = diffusion_errors(
                 pred, latents, noise, alphas_cumprod[timesteps], cfg.prediction_type, cfg.snr_gamma
             )
+            loss = errors.mean()
             logged = {"loss": loss.item()}
             if cfg.ground_weight > 0:
                 capturing["active"] = False
@@ -678,6 +714,20 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
                 attention_maps.clear()
                 logged["ground"] = ground.item()
                 loss = loss + cfg.ground_weight * ground
+            if cfg.order_weight > 0:
+                rows = data.caption_ids[entries.clamp(min=0)]
+                swap = torch.where((entries >= 0) & (timesteps >= cfg.order_min_t), data.swap_rows[rows], -1)
+                has = swap >= 0
+                if has.any():
+                    swapped_emb = text_encoder(data.tokens[swap[has]])[0]
+                    swapped_pred = unet(noisy[has], timesteps[has], encoder_hidden_states=swapped_emb).sample
+                    swapped_errors = diffusion_errors(
+                        swapped_pred, latents[has], noise[has], alphas_cumprod[timesteps[has]],
+                        cfg.prediction_type, cfg.snr_gamma,
+                    )  # fmt: skip
+                    order = order_loss(errors[has], swapped_errors, cfg.order_margin)
+                    loss = loss + cfg.order_weight * order * has.float().mean()
+                    logged["order"] = order.item()
             if not math.isfinite(loss.item()):
                 raise LatentgenError(
                     f"U-Net loss is {loss.item()} at step {step}; lower the learning rate (lr)"

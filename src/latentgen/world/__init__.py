@@ -15,7 +15,7 @@ shows what a ``Spec`` asks for. ``eval_prompts()`` is a fixed GenEval-style prom
     judge(sample.image, parse_prompt("two red stars"))  # {"objects": ..., "count": ..., "colors": ...}
 """
 
-from .captions import unknown_words, vocabulary, word_objects
+from .captions import swap_subjects, unknown_words, vocabulary, word_objects
 from .judge import Detection, Reading, check_reading, judge, judge_ok, read_image, reading_from_scene
 from .layout import parse_layout_mix, random_scene, scene_for_spec
 from .palette import COLOUR_NAMES, COLOURS
@@ -56,6 +56,7 @@ __all__ = [
     "render_scene",
     "scene_for_spec",
     "spec_from_scene",
+    "swap_subjects",
     "unknown_words",
     "vocabulary",
     "word_objects",

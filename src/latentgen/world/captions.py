@@ -95,6 +95,33 @@ def word_objects(caption: str, scene: Scene) -> list[int]:
     return masks
 
 
+def swap_subjects(caption: str) -> str | None:
+    """``caption`` with its two noun phrases swapped around its stated direction, or None.
+
+    "a red circle to the left of a blue square on a white background" becomes "a blue square to the
+    left of a red circle on a white background": the same words, false of every scene the caption is
+    true of. Only "above", "below", "left of" and "right of" change meaning when swapped; captions
+    with no such relation (one object, a count, "and", "next to", a cat wearing a hat) give None.
+    """
+    ws = caption.split()
+    kind_words = set(KINDS)
+    directional = sorted(
+        (p.split() for name in ("above", "below", "left of", "right of") for p in RELATION_PHRASES[name]),
+        key=len,
+        reverse=True,
+    )
+    for i in range(1, len(ws)):
+        phrase = next((p for p in directional if ws[i : i + len(p)] == p), None)
+        if phrase is None:
+            continue
+        first, rest = ws[:i], ws[i + len(phrase) :]
+        end = next((j for j, w in enumerate(rest) if w in kind_words), None)
+        if first[-1] not in kind_words or end is None:
+            return None
+        return " ".join([*rest[: end + 1], *phrase, *first, *rest[end + 1 :]])
+    return None
+
+
 def captions(scene: Scene, rng: random.Random, n: int = CAPTIONS_PER_SAMPLE) -> list[str]:
     """``n`` distinct true captions of ``scene`` (fewer if the scene has fewer phrasings).
 
