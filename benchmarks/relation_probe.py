@@ -16,6 +16,12 @@ when asked for left/right) or **missing** (A or B not found). Two numbers sum it
   where A is on the same side in both. A model that follows order gets 0 (Q swaps the two); one
   that reads the prompt as a bag of words gets 1, since only the noise decides which goes where.
 
+Then, one U-Net call deep: rendered pairs ("a red A above a blue B", drawn true), noised to t, are
+denoised under their true caption, under the swapped one ("a blue B above a red A", false of the
+picture) and under one with the other axis ("a red A left of a blue B", also false). The mean
+errors say whether the model's predictions depend on the order of the words at all (swapped =
+true: they do not) and, as a control, on the relation word (other axis > true).
+
     python benchmarks/relation_probe.py --model builtin
     python benchmarks/relation_probe.py --model PATH --seeds 4 --json probe.json
 
@@ -27,17 +33,21 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
+from diffusers import DDPMScheduler
 
 from latentgen import GenerationRequest, Pipeline, load_model
-from latentgen.world import KINDS, read_image
+from latentgen.world import KINDS, parse_prompt, read_image, render_scene, scene_for_spec
 from latentgen.world.judge import Reading
 from latentgen.world.scene import box_centre
 
 RELATIONS = ("above", "below", "left of", "right of")
+OTHER_AXIS = {"above": "left of", "below": "right of", "left of": "above", "right of": "below"}
 OUTCOMES = ("right", "reversed", "wrong axis", "missing")
 
 
@@ -92,6 +102,44 @@ def probe(model, seeds: int, kinds=KINDS, steps: int | None = None, guidance: fl
     return {"counts": counts, "swap": swapped}
 
 
+@torch.no_grad()
+def error_gaps(model, scenes: int, timesteps: list[int], kinds=KINDS) -> list[dict]:
+    """Mean denoising error of rendered pairs under their true, swapped and other-axis captions."""
+    pipe = Pipeline(model)
+    cfg = model.source.scheduler_config
+    alphas = DDPMScheduler.from_config(cfg).alphas_cumprod
+    prediction = cfg.get("prediction_type", "epsilon")
+    vae, size = model.vae, model.source.default_size
+    rng = random.Random("relation_probe")
+    sums = {
+        t: {"true": 0.0, "swapped": 0.0, "other_axis": 0.0, "true_lower_than_swapped": 0} for t in timesteps
+    }
+    for i in range(scenes):
+        a, b = rng.sample(list(kinds), 2)
+        relation = rng.choice(RELATIONS)
+        true = f"a red {a} {relation} a blue {b}"
+        captions = (true, f"a blue {b} {relation} a red {a}", f"a red {a} {OTHER_AXIS[relation]} a blue {b}")
+        pixels = np.asarray(render_scene(scene_for_spec(parse_prompt(true), rng), size), np.float32)
+        x = torch.from_numpy(pixels / 127.5 - 1).permute(2, 0, 1)[None].to(model.device, vae.dtype)
+        z = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
+        emb = torch.cat([pipe.encode(c) for c in captions])
+        for t in timesteps:
+            noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(i)).to(z)
+            alpha = alphas[t].to(z)
+            noisy = (alpha.sqrt() * z + (1 - alpha).sqrt() * noise).expand(len(captions), -1, -1, -1)
+            out = model.unet(noisy.to(model.dtype), torch.tensor([t]), encoder_hidden_states=emb).sample
+            target = {"epsilon": noise, "v_prediction": alpha.sqrt() * noise - (1 - alpha).sqrt() * z}.get(
+                prediction, z
+            )
+            err = (out.to(z) - target).pow(2).mean(dim=(1, 2, 3)).tolist()
+            row = sums[t]
+            row["true"] += err[0] / scenes
+            row["swapped"] += err[1] / scenes
+            row["other_axis"] += err[2] / scenes
+            row["true_lower_than_swapped"] += err[0] < err[1]
+    return [{"t": t, **row, "scenes": scenes} for t, row in sums.items()]
+
+
 def summary(result: dict) -> dict:
     """Order right and same layout under swap, per relation and over all."""
     rows = {}
@@ -120,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated; every pair is asked")
     ap.add_argument("--steps", type=int, default=None, help="default: the model's")
     ap.add_argument("--guidance", type=float, default=None, help="default: the model's")
+    ap.add_argument("--scenes", type=int, default=40, help="rendered pairs for the error gaps (0: skip)")
+    ap.add_argument("--timesteps", default="300,500,700,900", help="noise levels for the error gaps")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -135,9 +185,23 @@ def main(argv: list[str] | None = None) -> dict:
     for relation, r in rows.items():
         cells = [str(r[o]) for o in OUTCOMES] + [_fmt(r["order_right"]), _fmt(r["same_layout_under_swap"])]
         print(f"| {relation} | " + " | ".join(cells) + f" (of {r['swap_pairs']}) |")
+    gaps = (
+        error_gaps(model, args.scenes, [int(t) for t in args.timesteps.split(",")], kinds)
+        if args.scenes
+        else []
+    )
+    if gaps:
+        print("\n| t | error, true caption | swapped objects | other axis | true below swapped |")
+        print("|---|---|---|---|---|")
+        for g in gaps:
+            print(
+                f"| {g['t']} | {g['true']:.4f} | {g['swapped']:.4f} | {g['other_axis']:.4f} "
+                f"| {g['true_lower_than_swapped']}/{g['scenes']} |"
+            )
     if args.json:
         settings = {"seeds": args.seeds, "kinds": kinds, "steps": args.steps, "guidance": args.guidance}
-        args.json.write_text(json.dumps({"model": args.model, **settings, "rows": rows}, indent=2) + "\n")
+        record = {"model": args.model, **settings, "rows": rows, "error_gaps": gaps}
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
     return rows
 
 
