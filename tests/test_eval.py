@@ -80,23 +80,29 @@ def test_kind_probe_recovers_the_clean_latents_from_a_perfect_prediction(kind_pr
         kind_probe.clean_prediction(eps, noisy, a, "flow")
 
 
-def test_kind_probe_asks_every_kind_for_every_render(kind_probe, tiny_model_dir, tmp_path):
+def _run_main(module, *args):
+    """A benchmark's main() with these arguments, leaving torch's thread count as it was."""
     import torch
 
     threads = torch.get_num_threads()
-    rows = kind_probe.main(
-        [
-            "--model",
-            str(tiny_model_dir),
-            "--seeds",
-            "1",
-            "--timesteps",
-            "100,900",
-            "--json",
-            str(tmp_path / "k.json"),
-        ]
+    try:
+        return module.main([str(a) for a in args])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_kind_probe_asks_every_kind_for_every_render(kind_probe, tiny_model_dir, tmp_path):
+    rows = _run_main(
+        kind_probe,
+        "--model",
+        tiny_model_dir,
+        "--seeds",
+        1,
+        "--timesteps",
+        "100,900",
+        "--json",
+        tmp_path / "k.json",
     )
-    torch.set_num_threads(threads)
     assert [r["t"] for r in rows] == [100, 900]
     assert all(r["total"] == 7 * 5 and 0 <= r["prompted"] <= 35 and 0 <= r["rendered"] <= 35 for r in rows)
     assert json.loads((tmp_path / "k.json").read_text())["rows"] == rows
@@ -127,30 +133,21 @@ def test_relation_probe_tells_an_order_blind_layout_from_a_swapped_one(relation_
 
 
 def test_relation_probe_counts_every_image_it_asks_for(relation_probe, tiny_model_dir, tmp_path, capsys):
-    import torch
-
-    threads = torch.get_num_threads()
-    rows = relation_probe.main(
-        [
-            "--model",
-            str(tiny_model_dir),
-            "--seeds",
-            "2",
-            "--kinds",
-            "circle,square",
-            "--json",
-            str(tmp_path / "r.json"),
-        ]
-    )
-    torch.set_num_threads(threads)
+    out = tmp_path / "r.json"
+    args = ["--model", tiny_model_dir, "--seeds", 2, "--kinds", "circle,square", "--json", out]
+    rows = _run_main(relation_probe, *args, "--scenes", 2, "--timesteps", 500)
     # 4 relations x 1 pair of kinds x 2 word orders x 2 seeds
     assert sum(rows["all"][o] for o in relation_probe.OUTCOMES) == 16
     assert all(sum(rows[r][o] for o in relation_probe.OUTCOMES) == 4 for r in relation_probe.RELATIONS)
+    record = json.loads(out.read_text())
+    assert record["rows"]["all"]["swap_pairs"] == rows["all"]["swap_pairs"]
+    (gap,) = record["error_gaps"]
+    assert gap["t"] == 500 and gap["scenes"] == 2 and 0 <= gap["true_lower_than_swapped"] <= 2
     assert (
-        json.loads((tmp_path / "r.json").read_text())["rows"]["all"]["swap_pairs"]
-        == rows["all"]["swap_pairs"]
-    )
-    assert "| all |" in capsys.readouterr().out
+        gap["true"] > 0 and gap["swapped"] > 0 and gap["true"] != gap["swapped"]
+    )  # the words reach the U-Net
+    printed = capsys.readouterr().out
+    assert "| all |" in printed and "| 500 |" in printed  # both tables
 
 
 def test_relation_probe_refuses_unknown_kinds(relation_probe, capsys):
