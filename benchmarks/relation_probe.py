@@ -22,6 +22,12 @@ picture) and under one with the other axis ("a red A left of a blue B", also fal
 errors say whether the model's predictions depend on the order of the words at all (swapped =
 true: they do not) and, as a control, on the relation word (other axis > true).
 
+And in the text alone: a causal text encoder's state of the first noun cannot depend on the
+relation that follows it, but the second noun's can. The probe compares the second noun's final
+state (what the U-Net reads) in "a red A above a blue B" and "a red A below a blue B" (and "left
+of"/"right of"): a cosine of 1 means the text never says which side B is on, so no U-Net could
+tell the two prompts' layouts apart by that word.
+
     python benchmarks/relation_probe.py --model builtin
     python benchmarks/relation_probe.py --model PATH --seeds 4 --json probe.json
 
@@ -140,6 +146,24 @@ def error_gaps(model, scenes: int, timesteps: list[int], kinds=KINDS) -> list[di
     return [{"t": t, **row, "scenes": scenes} for t, row in sums.items()]
 
 
+@torch.no_grad()
+def text_sides(model, kinds=KINDS) -> dict[str, float]:
+    """Mean cosine of the second noun's text-encoder state after opposite relations, per axis."""
+    pipe = Pipeline(model)
+    out = {}
+    for first, second in (("above", "below"), ("left of", "right of")):
+        cosines = []
+        for a, b in itertools.permutations(kinds, 2):
+            states = []
+            for relation in (first, second):
+                caption = f"a red {a} {relation} a blue {b}"
+                last = len(model.tokenizer(caption).input_ids) - 2  # the last word's token, before EOS
+                states.append(pipe.encode(caption)[0, last].float())
+            cosines.append(torch.nn.functional.cosine_similarity(*states, dim=0).item())
+        out[f"{first} / {second}"] = sum(cosines) / len(cosines)
+    return out
+
+
 def summary(result: dict) -> dict:
     """Order right and same layout under swap, per relation and over all."""
     rows = {}
@@ -198,9 +222,14 @@ def main(argv: list[str] | None = None) -> dict:
                 f"| {g['t']} | {g['true']:.4f} | {g['swapped']:.4f} | {g['other_axis']:.4f} "
                 f"| {g['true_lower_than_swapped']}/{g['scenes']} |"
             )
+    sides = text_sides(model, kinds)
+    print("\n| text: second noun after … | cosine of its states (1: the side is not in the text) |")
+    print("|---|---|")
+    for pair, cosine in sides.items():
+        print(f"| {pair} | {cosine:.3f} |")
     if args.json:
         settings = {"seeds": args.seeds, "kinds": kinds, "steps": args.steps, "guidance": args.guidance}
-        record = {"model": args.model, **settings, "rows": rows, "error_gaps": gaps}
+        record = {"model": args.model, **settings, "rows": rows, "error_gaps": gaps, "text_sides": sides}
         args.json.write_text(json.dumps(record, indent=2) + "\n")
     return rows
 

@@ -146,8 +146,11 @@ def test_relation_probe_counts_every_image_it_asks_for(relation_probe, tiny_mode
     assert (
         gap["true"] > 0 and gap["swapped"] > 0 and gap["true"] != gap["swapped"]
     )  # the words reach the U-Net
+    # the second noun's state sees the relation word before it (the first noun's could not)
+    assert set(record["text_sides"]) == {"above / below", "left of / right of"}
+    assert all(-1 <= c < 1 - 1e-6 for c in record["text_sides"].values()), record["text_sides"]
     printed = capsys.readouterr().out
-    assert "| all |" in printed and "| 500 |" in printed  # both tables
+    assert "| all |" in printed and "| 500 |" in printed and "| above / below |" in printed  # all tables
 
 
 def test_relation_probe_refuses_unknown_kinds(relation_probe, capsys):
