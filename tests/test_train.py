@@ -643,7 +643,7 @@ def test_world_runs_cache_grounding_targets_and_train_with_them(tmp_path):
     assert data["boxes"][:, 2:].isnan().all() and not data["boxes"][:, :2].isnan().any()
 
 
-@pytest.mark.parametrize("name", ["ground_weight", "order_weight"])
+@pytest.mark.parametrize("name", ["ground_weight", "order_weight", "place_weight"])
 def test_world_only_losses_need_world_data(folder, vae_run, tmp_path, name):
     cfg = UNetTrainConfig.tiny(run_dir=str(tmp_path / "u"), vae=str(vae_run), data=str(folder))
     with pytest.raises(UsageError, match=f"{name} 0.1 needs data 'world'"):
@@ -681,3 +681,71 @@ def test_world_runs_train_with_the_order_loss(tmp_path):
     # every caption stating a direction has its swapped twin tokenized beside it
     pairs = [(text[r], text[s]) for r, s in enumerate(cached.swap_rows.tolist()) if s >= 0]
     assert pairs and all(swap_subjects(a) == b for a, b in pairs)
+
+
+def test_place_loss_is_zero_at_the_centres_and_averages_a_count():
+    from latentgen.train.grounding import place_loss
+
+    nan = float("nan")
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [nan, nan, nan, nan]]])
+    tokens = torch.tensor([[0, 1, 2, 3]])  # nothing; object 0; object 1; both (a count)
+    right = torch.tensor([[[9.0, 9.0], [0.25, 0.25], [0.75, 0.75], [0.5, 0.5]]])
+    assert place_loss(right, tokens, boxes).item() == pytest.approx(0.0)  # token 0 is not scored
+    wrong = right.clone()
+    wrong[0, 2] = torch.tensor([0.75, 0.25])  # object 1 predicted half a canvas too high
+    assert place_loss(wrong, tokens, boxes).item() == pytest.approx(0.25 / 3)
+    assert place_loss(right, torch.zeros_like(tokens), boxes).item() == 0.0  # nothing grounded
+
+
+def test_place_loss_teaches_a_causal_text_encoder_the_side_of_the_word_after_the_relation(tmp_path):
+    """The second noun of "a circle above a square" and "a circle below a square" has the same
+    prefix but one word; a few steps of the place loss alone make its state say which side it is on."""
+    from latentgen.train.grounding import place_loss
+    from latentgen.train.unet import build_text_encoder
+
+    cfg = UNetTrainConfig.tiny(max_tokens=8)
+    tokenizer = build_tokenizer(["a", "circle", "square", "above", "below"], tmp_path / "tok", 8)
+    torch.manual_seed(0)
+    encoder = build_text_encoder(cfg, tokenizer)
+    head = torch.nn.Linear(cfg.text_hidden, 2)
+    captions = ["a circle above a square", "a circle below a square"]
+    ids = tokenizer(captions, padding="max_length", max_length=8, return_tensors="pt").input_ids
+    # words 1-5 are tokens 1-5: "circle" names object 0, "square" object 1 (bit masks)
+    tokens = torch.tensor([[0, 0, 1, 0, 0, 2, 0, 0]]).expand(2, 8)
+    top, bottom = [0.4, 0.0, 0.6, 0.2], [0.4, 0.8, 0.6, 1.0]
+    boxes = torch.tensor([[top, bottom], [bottom, top]])
+    opt = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=3e-3)
+
+    def square_y() -> list[float]:
+        return head(encoder(ids)[0])[:, 5, 1].tolist()
+
+    before = square_y()
+    for _ in range(60):
+        loss = place_loss(head(encoder(ids)[0]), tokens, boxes)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = square_y()
+    assert abs(before[0] - before[1]) < 0.1
+    assert after[0] == pytest.approx(0.9, abs=0.1) and after[1] == pytest.approx(0.1, abs=0.1), after
+    # the first noun cannot know (a causal encoder): it settles between the two
+    circle = head(encoder(ids)[0])[:, 2, 1].tolist()
+    assert circle[0] == pytest.approx(circle[1]) and circle[0] == pytest.approx(0.5, abs=0.1)
+
+
+def test_world_runs_train_with_the_place_loss_and_export_without_its_head(tmp_path):
+    vae = train_vae(VAETrainConfig.tiny(run_dir=str(tmp_path / "vae"), max_steps=2))
+    cfg = UNetTrainConfig.tiny(
+        run_dir=str(tmp_path / "unet"), vae=str(vae), max_steps=3, layout_mix="pair=1", max_tokens=24,
+        place_weight=1.0,
+    )  # fmt: skip
+    train_unet(cfg, stop_at=1)
+    train_unet(cfg)
+    whole = train_unet(replace(cfg, run_dir=str(tmp_path / "whole")))
+    assert_same_state(tmp_path / "unet", whole)
+    assert " place " in (whole / "train.log").read_text()
+    assert any(k.startswith("model.place_head.") for k in load_checkpoint(whole).tensors)
+    out = export_model(whole, tmp_path / "model")
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "scheduler", "text_encoder", "tokenizer", "unet", "vae",
+    ]  # fmt: skip

@@ -123,3 +123,25 @@ def grounding_loss(
         inside = (attention * masks).sum(-1) / attention.sum(-1).clamp(min=1e-8)
         losses.append((1 - inside)[grounded].mean())
     return torch.stack(losses).mean()
+
+
+def place_loss(places: torch.Tensor, token_objects: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each grounded word's predicted place against where its objects are.
+
+    The text-side counterpart of :func:`grounding_loss`: a linear head reads each token's final
+    text-encoder state (what the U-Net attends to) and predicts the centre ``(x, y)`` of the objects
+    the word names (their mean for a count), in canvas fractions. CLIP's encoder is causal, so only
+    words after the relation ("a red circle above a blue *square*") can know their side; the loss
+    makes them carry it, so that two captions with swapped nouns differ in the text the U-Net reads.
+
+    ``places``: ``[B, L, 2]``; ``token_objects``: ``[B, L]`` bit masks; ``boxes``: ``[B, K, 4]`` as
+    ``(x0, y0, x1, y1)`` (NaN rows: no object). Zero (with a gradient path) when nothing is grounded.
+    """
+    bits = ((token_objects[..., None].long() >> torch.arange(boxes.shape[1])) & 1).to(places.dtype)
+    centres = torch.stack(((boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2), -1)
+    count = bits.sum(-1)  # [B, L]
+    named = count > 0
+    if not named.any():
+        return places.sum() * 0.0
+    target = (bits @ centres.nan_to_num(0.0).to(places.dtype)) / count.clamp(min=1)[..., None]
+    return (places - target).pow(2).sum(-1)[named].mean()

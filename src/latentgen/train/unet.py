@@ -132,6 +132,11 @@ class UNetTrainConfig:
     order_weight: float = 0.0
     order_margin: float = 0.2
     order_min_t: int = 500
+    # Weight of the place loss (latentgen.train.grounding.place_loss; world data only): a linear head
+    # on the text encoder's output predicts, from each word naming an object, that object's centre,
+    # so that words after a relation carry their side into the text the U-Net reads. The head is
+    # training-only (the export leaves it out). 0 = off.
+    place_weight: float = 0.0
     # optimisation (AdamW, one optimiser for the U-Net and the text encoder)
     batch_size: int = 32
     max_steps: int = 15_000
@@ -566,7 +571,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
         raise UsageError(
             f"high_noise_share {cfg.high_noise_share} must be in [0, 1] (0.5 = uniform timesteps)"
         )
-    for name in ("ground_weight", "order_weight"):
+    for name in ("ground_weight", "order_weight", "place_weight"):
         value = getattr(cfg, name)
         if value < 0 or (value > 0 and cfg.data != WORLD):
             raise UsageError(
@@ -642,6 +647,10 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
             from latentgen.train.grounding import capture_cross_attention, grounding_loss
 
             attention_maps, capturing = capture_cross_attention(unet)
+        if cfg.place_weight > 0:
+            from latentgen.train.grounding import place_loss
+
+            modules["place_head"] = torch.nn.Linear(cfg.text_hidden, 2)  # checkpointed, not exported
         params = [p for m in modules.values() for p in m.parameters()]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         ema = EMA(modules, cfg.ema_decay)
@@ -709,13 +718,18 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
             )
             loss = errors.mean()
             logged = {"loss": loss.item()}
+            if cfg.ground_weight > 0 or cfg.place_weight > 0:  # per token, the objects it names
+                named = torch.where((entries >= 0)[:, None], data.token_objects[entries.clamp(min=0)], 0)
             if cfg.ground_weight > 0:
                 capturing["active"] = False
-                named = torch.where((entries >= 0)[:, None], data.token_objects[entries.clamp(min=0)], 0)
                 ground = grounding_loss(attention_maps, named, data.boxes[index])
                 attention_maps.clear()
                 logged["ground"] = ground.item()
                 loss = loss + cfg.ground_weight * ground
+            if cfg.place_weight > 0:
+                place = place_loss(modules["place_head"](text_emb), named, data.boxes[index])
+                logged["place"] = place.item()
+                loss = loss + cfg.place_weight * place
             if cfg.order_weight > 0:
                 rows = data.caption_ids[entries.clamp(min=0)]
                 swap = torch.where((entries >= 0) & (timesteps >= cfg.order_min_t), data.swap_rows[rows], -1)
