@@ -94,7 +94,7 @@ def test_draws_the_background_it_is_asked_for(builtin, prompt):
 
 def test_draws_the_colour_it_is_asked_for(builtin):
     """The judge's colour check (an object of the named kind, in the named colour): the shipped model
-    (release 8) passes all 32 (seeds 0-3; release 4: 29, releases 5 to 7: 32); a model blind to colour
+    (release 9) passes all 32 (seeds 0-3; release 4: 29, releases 5 to 8: 32); a model blind to colour
     words passes at most one in ten (ten colours). The bar, 30, is what no later release may fall below."""
     prompts = ["a red circle", "a blue square", "a green star", "a yellow heart"]
     prompts += ["a purple triangle", "an orange circle", "a pink square", "a black heart"]
@@ -106,11 +106,9 @@ def test_draws_the_colour_it_is_asked_for(builtin):
     assert right >= 30, right
 
 
-# The issue's bar (and for "a cat wearing a hat" its own: 15 of 16 seeds). The shipped model (release 8,
-# 0.82 overall on `latentgen eval`) passes it for a single object and a count of one kind, not yet for
-# the cat and hat (14/16 seeds; release 7: 13): builtin_training.md. A relation between two kinds is
-# checked over 16 seeds, as position is the weakest category (0.46) and 4 seeds say little: release 8
-# gets 9 of 16 here (release 7: 7). Its bar, 8, is what no later release may fall below.
+# The issue's bar (and for "a cat wearing a hat" its own: 15 of 16 seeds). The shipped model (release 9,
+# 0.83 overall on `latentgen eval`) passes it for a single object and a count of one kind, not yet for
+# the cat and hat (14/16 seeds, as release 8): builtin_training.md.
 # strict: a case that starts passing turns red, so its marker comes off with it.
 NOT_YET = pytest.mark.xfail(strict=True, reason="the built-in model draws the cat and hat on 14 of 16 seeds")
 
@@ -121,7 +119,6 @@ NOT_YET = pytest.mark.xfail(strict=True, reason="the built-in model draws the ca
         pytest.param("a cat wearing a hat", 16, 15, marks=NOT_YET),
         ("a red circle", 4, 3),
         ("two blue squares", 4, 3),
-        ("a green star above a yellow heart", 16, 8),
     ],
 )
 def test_follows_prompts_of_its_world(builtin, prompt, seeds, need):
@@ -130,10 +127,63 @@ def test_follows_prompts_of_its_world(builtin, prompt, seeds, need):
     assert sum(judged) >= need, (prompt, judged)
 
 
+def _sides(builtin, prompt: str, subject: str, obj: str) -> list[str]:
+    """Per seed (16): "missing", "other axis", or whether ``subject`` is "ahead" of ``obj`` (above it,
+    left of it) or "behind" it, on the axis the prompt's relation names."""
+    from latentgen.world import read_image
+    from latentgen.world.scene import box_centre
+
+    vertical = "above" in prompt or "below" in prompt
+    made = Pipeline(builtin).generate(GenerationRequest(prompt, seed=0, num_images=16), batch_size=16)
+    sides = []
+    for g in made:
+        found = {}
+        for d in read_image(g.image).objects:
+            found.setdefault(d.kind, d.box)
+        if subject not in found or obj not in found:
+            sides.append("missing")
+            continue
+        (sx, sy), (ox, oy) = box_centre(found[subject]), box_centre(found[obj])
+        if (abs(oy - sy) > abs(ox - sx)) != vertical:
+            sides.append("other axis")
+        else:
+            sides.append("ahead" if (oy - sy if vertical else ox - sx) > 0 else "behind")
+    return sides
+
+
+RELATIONS = [
+    ("a green star above a yellow heart", "star", "heart"),
+    ("a red circle left of a blue square", "circle", "square"),
+]
+
+
+@pytest.mark.parametrize(("prompt", "subject", "obj"), RELATIONS)
+def test_draws_both_objects_on_the_axis_its_relation_names(builtin, prompt, subject, obj):
+    """What the shipped model does with a relation: both objects, stacked for above/below, side by side
+    for left of/right of (release 9: 15 and 16 of 16 seeds; a model blind to the relation word would
+    pick the axis at random, about 8)."""
+    sides = _sides(builtin, prompt, subject, obj)
+    assert sum(s in ("ahead", "behind") for s in sides) >= 14, sides
+
+
+# Not yet: the model does not read word order (benchmarks/relation_probe.py: order right 0.50 over 336
+# images, the same picture for swapped nouns), so which object comes first is a coin flip per seed
+# (release 9: 7 of 15 and 7 of 16). 14 of 16 is out of a coin's reach (p < 0.3%).
+ORDER_BLIND = pytest.mark.xfail(strict=True, reason="the built-in model ignores the order of the nouns")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "subject", "obj"), [pytest.param(*r, marks=ORDER_BLIND) for r in RELATIONS]
+)
+def test_puts_the_subject_on_the_side_its_relation_names(builtin, prompt, subject, obj):
+    sides = _sides(builtin, prompt, subject, obj)
+    assert sides.count("ahead") >= 14, sides
+
+
 def test_inpaints_the_asked_object_and_keeps_the_rest(inpaint_demo, tmp_path):
-    """benchmarks/inpaint_demo.py's first 8 cases, at the model's own inpainting defaults: release 8
-    gets 7 right (41 of all 50; release 7: 7 and 39); the unedited images are never accepted, so a
-    model that ignored the prompt inside the mask would get none."""
+    """benchmarks/inpaint_demo.py's first 8 cases, at the model's own inpainting defaults: release 9
+    gets 7 right (41 of all 50, as release 8; release 7: 7 and 39); the unedited images are never
+    accepted, so a model that ignored the prompt inside the mask would get none."""
     threads = str(torch.get_num_threads())
     summary = inpaint_demo.main(["--cases", "8", "--threads", threads, "--out", str(tmp_path)])
     defaults = resolve_model("builtin").defaults
