@@ -127,28 +127,14 @@ def test_follows_prompts_of_its_world(builtin, prompt, seeds, need):
     assert sum(judged) >= need, (prompt, judged)
 
 
-def _sides(builtin, prompt: str, subject: str, obj: str) -> list[str]:
-    """Per seed (16): "missing", "other axis", or whether ``subject`` is "ahead" of ``obj`` (above it,
-    left of it) or "behind" it, on the axis the prompt's relation names."""
+def _sides(builtin, relation_probe, prompt: str, subject: str, obj: str) -> list[bool | str]:
+    """Per seed (16), ``relation_probe.subject_side``: True/False (is ``subject`` on the side the
+    relation names, on its axis), else "wrong axis" or "missing"."""
     from latentgen.world import read_image
-    from latentgen.world.scene import box_centre
 
-    vertical = "above" in prompt or "below" in prompt
+    relation = next(r for r in relation_probe.RELATIONS if f" {r} " in prompt)
     made = Pipeline(builtin).generate(GenerationRequest(prompt, seed=0, num_images=16), batch_size=16)
-    sides = []
-    for g in made:
-        found = {}
-        for d in read_image(g.image).objects:
-            found.setdefault(d.kind, d.box)
-        if subject not in found or obj not in found:
-            sides.append("missing")
-            continue
-        (sx, sy), (ox, oy) = box_centre(found[subject]), box_centre(found[obj])
-        if (abs(oy - sy) > abs(ox - sx)) != vertical:
-            sides.append("other axis")
-        else:
-            sides.append("ahead" if (oy - sy if vertical else ox - sx) > 0 else "behind")
-    return sides
+    return [relation_probe.subject_side(read_image(g.image), subject, obj, relation) for g in made]
 
 
 RELATIONS = [
@@ -158,12 +144,12 @@ RELATIONS = [
 
 
 @pytest.mark.parametrize(("prompt", "subject", "obj"), RELATIONS)
-def test_draws_both_objects_on_the_axis_its_relation_names(builtin, prompt, subject, obj):
+def test_draws_both_objects_on_the_axis_its_relation_names(builtin, relation_probe, prompt, subject, obj):
     """What the shipped model does with a relation: both objects, stacked for above/below, side by side
     for left of/right of (release 9: 15 and 16 of 16 seeds; a model blind to the relation word would
     pick the axis at random, about 8)."""
-    sides = _sides(builtin, prompt, subject, obj)
-    assert sum(s in ("ahead", "behind") for s in sides) >= 14, sides
+    sides = _sides(builtin, relation_probe, prompt, subject, obj)
+    assert sum(isinstance(s, bool) for s in sides) >= 14, sides
 
 
 # Not yet: the model does not read word order (benchmarks/relation_probe.py: order right 0.50 over 336
@@ -175,9 +161,9 @@ ORDER_BLIND = pytest.mark.xfail(strict=True, reason="the built-in model ignores 
 @pytest.mark.parametrize(
     ("prompt", "subject", "obj"), [pytest.param(*r, marks=ORDER_BLIND) for r in RELATIONS]
 )
-def test_puts_the_subject_on_the_side_its_relation_names(builtin, prompt, subject, obj):
-    sides = _sides(builtin, prompt, subject, obj)
-    assert sides.count("ahead") >= 14, sides
+def test_puts_the_subject_on_the_side_its_relation_names(builtin, relation_probe, prompt, subject, obj):
+    sides = _sides(builtin, relation_probe, prompt, subject, obj)
+    assert sum(s is True for s in sides) >= 14, sides
 
 
 def test_inpaints_the_asked_object_and_keeps_the_rest(inpaint_demo, tmp_path):

@@ -91,13 +91,18 @@ def box_coverage(boxes: torch.Tensor, size: int) -> torch.Tensor:
     return (oy[..., :, None] * ox[..., None, :]).flatten(-2)
 
 
+def object_bits(token_objects: torch.Tensor, objects: int) -> torch.Tensor:
+    """``[..., objects]`` 0/1: which of the objects each token names, from its bit mask."""
+    return (token_objects[..., None].long() >> torch.arange(objects)) & 1
+
+
 def word_masks(token_objects: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """Per token, the cells its objects cover: ``[B, L, size * size]``.
 
     ``token_objects``: ``[B, L]`` bit masks over the objects (0: the token names none);
     ``boxes``: ``[B, K, 4]``. A token naming several objects (a count) gets their union.
     """
-    bits = (token_objects[..., None].long() >> torch.arange(boxes.shape[1])) & 1  # [B, L, K]
+    bits = object_bits(token_objects, boxes.shape[1])  # [B, L, K]
     cover = box_coverage(boxes, size)  # [B, K, N]
     return (bits[..., None].to(cover.dtype) * cover[:, None]).amax(dim=2)
 
@@ -137,7 +142,7 @@ def place_loss(places: torch.Tensor, token_objects: torch.Tensor, boxes: torch.T
     ``places``: ``[B, L, 2]``; ``token_objects``: ``[B, L]`` bit masks; ``boxes``: ``[B, K, 4]`` as
     ``(x0, y0, x1, y1)`` (NaN rows: no object). Zero (with a gradient path) when nothing is grounded.
     """
-    bits = ((token_objects[..., None].long() >> torch.arange(boxes.shape[1])) & 1).to(places.dtype)
+    bits = object_bits(token_objects, boxes.shape[1]).to(places.dtype)  # [B, L, K]
     centres = torch.stack(((boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2), -1)
     count = bits.sum(-1)  # [B, L]
     named = count > 0
