@@ -375,6 +375,8 @@ def test_export_writes_a_diffusers_folder_that_reloads(unet_run, tmp_path):
     assert index["scheduler"] == ["diffusers", "DPMSolverMultistepScheduler"]
     assert index["safety_checker"] == [None, None]
     assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt"))
+    for config in out.glob("*/config.json"):  # no path of the training machine (the run's vae/)
+        assert "_name_or_path" not in json.loads(config.read_text()), config
     sched = json.loads((out / "scheduler/scheduler_config.json").read_text())
     assert sched["latentgen_default_steps"] == 30 and sched["latentgen_default_guidance"] == 4.0
     assert sched["latentgen_default_sampler"] == "dpm-solver" and sched["beta_schedule"] == "scaled_linear"

@@ -92,6 +92,7 @@ def export_model(
         for name, module in (*modules.items(), ("vae", vae)):
             # .half() rather than .to(float16): diffusers' .to() warns about fp32 modules even when none
             module.half().save_pretrained(tmp / name, safe_serialization=True)
+            _drop_load_path(tmp / name / "config.json")
     tokenizer.save_pretrained(tmp / "tokenizer")
     scheduler = build_scheduler(sampler_name, False, noise_schedule_config(cfg))
     scheduler.register_to_config(
@@ -131,6 +132,14 @@ def export_model(
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     log.info("exported %s (step %d) to %s: %.1f MB", run, ckpt.step, out, size / 1e6)
     return out
+
+
+def _drop_load_path(config_file: Path) -> None:
+    """diffusers writes where a model was loaded from ("_name_or_path": the run's vae/) into its
+    config; a shipped model should not carry a path of the machine that trained it."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if config.pop("_name_or_path", None) is not None:
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 @contextmanager
