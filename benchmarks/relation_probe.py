@@ -164,6 +164,28 @@ def text_sides(model, kinds=KINDS) -> dict[str, float]:
     return out
 
 
+def text_end(model, kinds=KINDS) -> dict[str, float]:
+    """Mean cosine of the end-of-text state, the one token a causal encoder has read the whole caption
+    by: under swapped nouns ("a red A above a blue B" / "a blue B above a red A", the same scene in
+    words) and under opposite relations ("… above …" / "… below …", the mirrored scene)."""
+    pipe = Pipeline(model)
+    pairs = {
+        "swapped nouns": lambda a, b: (f"a red {a} above a blue {b}", f"a blue {b} above a red {a}"),
+        "above / below": lambda a, b: (f"a red {a} above a blue {b}", f"a red {a} below a blue {b}"),
+    }
+    out = {}
+    for name, make in pairs.items():
+        cosines = []
+        for a, b in itertools.permutations(kinds, 2):
+            states = []
+            for caption in make(a, b):
+                end = len(model.tokenizer(caption).input_ids) - 1
+                states.append(pipe.encode(caption)[0, end].float())
+            cosines.append(torch.nn.functional.cosine_similarity(*states, dim=0).item())
+        out[name] = sum(cosines) / len(cosines)
+    return out
+
+
 def summary(result: dict) -> dict:
     """Order right and same layout under swap, per relation and over all."""
     rows = {}
@@ -227,9 +249,15 @@ def main(argv: list[str] | None = None) -> dict:
     print("|---|---|")
     for pair, cosine in sides.items():
         print(f"| {pair} | {cosine:.3f} |")
+    end = text_end(model, kinds)
+    print("\n| text: end-of-text state under … | cosine (1: the text does not tell the two apart) |")
+    print("|---|---|")
+    for pair, cosine in end.items():
+        print(f"| {pair} | {cosine:.3f} |")
     if args.json:
         settings = {"seeds": args.seeds, "kinds": kinds, "steps": args.steps, "guidance": args.guidance}
-        record = {"model": args.model, **settings, "rows": rows, "error_gaps": gaps, "text_sides": sides}
+        tables = {"rows": rows, "error_gaps": gaps, "text_sides": sides, "text_end": end}
+        record = {"model": args.model, **settings, **tables}
         args.json.write_text(json.dumps(record, indent=2) + "\n")
     return rows
 

@@ -149,8 +149,12 @@ def test_relation_probe_counts_every_image_it_asks_for(relation_probe, tiny_mode
     # the second noun's state sees the relation word before it (the first noun's could not)
     assert set(record["text_sides"]) == {"above / below", "left of / right of"}
     assert all(-1 <= c < 1 - 1e-6 for c in record["text_sides"].values()), record["text_sides"]
+    # the end-of-text token has read the whole caption, so it sees the nouns' order and the relation
+    assert set(record["text_end"]) == {"swapped nouns", "above / below"}
+    assert all(-1 <= c < 1 - 1e-6 for c in record["text_end"].values()), record["text_end"]
     printed = capsys.readouterr().out
-    assert "| all |" in printed and "| 500 |" in printed and "| above / below |" in printed  # all tables
+    assert "| all |" in printed and "| 500 |" in printed and "| above / below |" in printed
+    assert "| swapped nouns |" in printed  # all four tables
 
 
 def test_relation_probe_refuses_unknown_kinds(relation_probe, capsys):
