@@ -645,7 +645,7 @@ def test_world_runs_cache_grounding_targets_and_train_with_them(tmp_path):
     assert data["boxes"][:, 2:].isnan().all() and not data["boxes"][:, :2].isnan().any()
 
 
-@pytest.mark.parametrize("name", ["ground_weight", "order_weight", "place_weight"])
+@pytest.mark.parametrize("name", ["ground_weight", "order_weight", "place_weight", "end_place_weight"])
 def test_world_only_losses_need_world_data(folder, vae_run, tmp_path, name):
     cfg = UNetTrainConfig.tiny(run_dir=str(tmp_path / "u"), vae=str(vae_run), data=str(folder))
     with pytest.raises(UsageError, match=f"{name} 0.1 needs data 'world'"):
@@ -699,6 +699,28 @@ def test_place_loss_is_zero_at_the_centres_and_averages_a_count():
     assert place_loss(right, torch.zeros_like(tokens), boxes).item() == 0.0  # nothing grounded
 
 
+def test_end_place_loss_maps_each_named_kind_to_its_objects_centre():
+    from latentgen.train.grounding import end_place_loss
+
+    nan = float("nan")
+    # objects: 0 top left, 1 bottom right, 2 bottom left; none named by token 0
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.0, 0.5, 0.5, 1.0], [nan] * 4]])
+    tokens = torch.tensor([[0, 1, 2, 6]])  # nothing; object 0; object 1; objects 1 and 2 (a count)
+    kinds = torch.tensor([[-1, 0, 2, 2]])  # the words' kinds: none, kind 0, kind 2, kind 2 (plural)
+    right = torch.full((1, 4, 2), 9.0)  # kinds 1 and 3 are not named: any guess goes
+    right[0, 0] = torch.tensor([0.25, 0.25])
+    right[0, 2] = torch.tensor([0.5, 0.75])  # kind 2: the mean over objects 1 and 2
+    assert end_place_loss(right, kinds, tokens, boxes).item() == pytest.approx(0.0)
+    wrong = right.clone()
+    wrong[0, 0] = torch.tensor([0.25, 0.75])  # kind 0 put half a canvas too low
+    assert end_place_loss(wrong, kinds, tokens, boxes).item() == pytest.approx(0.25 / 2)
+    # the same words with the layout mirrored: a different target, so the word order alone cannot fit
+    flipped = boxes[..., [0, 3, 2, 1]].clone()
+    flipped[..., 1], flipped[..., 3] = 1 - boxes[..., 3], 1 - boxes[..., 1]
+    assert end_place_loss(right, kinds, tokens, flipped).item() > 0.1
+    assert end_place_loss(right, torch.full_like(kinds, -1), tokens, boxes).item() == 0.0  # no kinds
+
+
 def test_place_loss_teaches_a_causal_text_encoder_the_side_of_the_word_after_the_relation(tmp_path):
     """The second noun of "a circle above a square" and "a circle below a square" has the same
     prefix but one word; a few steps of the place loss alone make its state say which side it is on."""
@@ -739,14 +761,29 @@ def test_world_runs_train_with_the_place_loss_and_export_without_its_head(tmp_pa
     vae = train_vae(VAETrainConfig.tiny(run_dir=str(tmp_path / "vae"), max_steps=2))
     cfg = UNetTrainConfig.tiny(
         run_dir=str(tmp_path / "unet"), vae=str(vae), max_steps=3, layout_mix="pair=1", max_tokens=24,
-        place_weight=1.0,
+        place_weight=1.0, end_place_weight=1.0,
     )  # fmt: skip
     train_unet(cfg, stop_at=1)
     train_unet(cfg)
     whole = train_unet(replace(cfg, run_dir=str(tmp_path / "whole")))
     assert_same_state(tmp_path / "unet", whole)
-    assert " place " in (whole / "train.log").read_text()
-    assert any(k.startswith("model.place_head.") for k in load_checkpoint(whole).tensors)
+    log = (whole / "train.log").read_text()
+    assert " place " in log and " end_place " in log
+    tensors = load_checkpoint(whole).tensors
+    assert any(k.startswith("model.place_head.") for k in tensors)
+    assert any(k.startswith("model.end_place_head.") for k in tensors)
+    from transformers import CLIPTokenizer
+
+    from latentgen.train.unet import _token_kinds
+    from latentgen.world.scene import KINDS
+
+    tokenizer = CLIPTokenizer.from_pretrained(whole / "tokenizer")
+    table = _token_kinds(tokenizer)  # every kind word, singular and plural, is found
+    ids = tokenizer("a circle and two hats above a star", add_special_tokens=False).input_ids
+    assert [KINDS[k] if k >= 0 else None for k in table[ids].tolist()] == [
+        None, "circle", None, None, "hat", None, None, "star",
+    ]  # fmt: skip
+    assert (table >= 0).sum().item() == 2 * len(KINDS)
     out = export_model(whole, tmp_path / "model")
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
         "scheduler", "text_encoder", "tokenizer", "unet", "vae",

@@ -150,3 +150,31 @@ def place_loss(places: torch.Tensor, token_objects: torch.Tensor, boxes: torch.T
         return places.sum() * 0.0
     target = (bits @ centres.nan_to_num(0.0).to(places.dtype)) / count.clamp(min=1)[..., None]
     return (places - target).pow(2).sum(-1)[named].mean()
+
+
+def end_place_loss(
+    places: torch.Tensor, token_kinds: torch.Tensor, token_objects: torch.Tensor, boxes: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared error of the end-of-text token's map of where each named kind is.
+
+    A causal text encoder's end-of-text token is the only one that has read the whole caption; a
+    linear head on it predicts, for every kind of object, the centre ``(x, y)`` of the objects of
+    that kind (their mean for a count), in canvas fractions. Only kinds the caption names count. The
+    target is the same for "a red circle above a blue square" and "a blue square below a red circle"
+    and mirrored for "a red circle below a blue square": the layout, not the order of the words.
+
+    ``places``: ``[B, kinds, 2]``; ``token_kinds``: ``[B, L]`` the kind each token names (-1: none);
+    ``token_objects``: ``[B, L]`` bit masks; ``boxes``: ``[B, K, 4]`` (NaN rows: no object). Zero
+    (with a gradient path) when no caption names a kind.
+    """
+    bits = object_bits(token_objects, boxes.shape[1]).to(places.dtype)  # [B, L, K]
+    kinds = torch.nn.functional.one_hot(token_kinds.clamp(min=0), places.shape[1]).to(places.dtype)
+    kinds = kinds * (token_kinds >= 0)[..., None]  # [B, L, kinds]
+    of_kind = (kinds.transpose(1, 2) @ bits > 0).to(places.dtype)  # [B, kinds, K]
+    count = of_kind.sum(-1)  # [B, kinds]
+    named = count > 0
+    if not named.any():
+        return places.sum() * 0.0
+    centres = torch.stack(((boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2), -1)
+    target = (of_kind @ centres.nan_to_num(0.0).to(places.dtype)) / count.clamp(min=1)[..., None]
+    return (places - target).pow(2).sum(-1)[named].mean()

@@ -137,6 +137,12 @@ class UNetTrainConfig:
     # so that words after a relation carry their side into the text the U-Net reads. The head is
     # training-only (the export leaves it out). 0 = off.
     place_weight: float = 0.0
+    # Weight of the end-of-text place loss (grounding.end_place_loss; world data only): a linear head
+    # on the end-of-text token's state, the one token of a causal encoder that has read the whole
+    # caption, predicts where each kind the caption names is, so that token carries the layout (today
+    # it carries the nouns' order but hardly the relation: benchmarks/relation_probe.py). Training-
+    # only head, as place_weight's. 0 = off.
+    end_place_weight: float = 0.0
     # optimisation (AdamW, one optimiser for the U-Net and the text encoder)
     batch_size: int = 32
     max_steps: int = 15_000
@@ -362,6 +368,19 @@ def encode_dataset(
     )
 
 
+def _token_kinds(tokenizer) -> torch.Tensor:
+    """Per token id, the index in KINDS of the kind it names (singular or plural), else -1."""
+    from latentgen.world.scene import KINDS, PLURALS
+
+    table = torch.full((len(tokenizer),), -1, dtype=torch.long)
+    for i, kind in enumerate(KINDS):
+        for word in (kind, PLURALS[kind]):
+            ids = tokenizer(word, add_special_tokens=False).input_ids
+            if len(ids) == 1:
+                table[ids[0]] = i
+    return table
+
+
 def _token_objects(
     train: ImageCaptions, lengths: list[int], row: dict[str, int], max_tokens: int
 ) -> torch.Tensor:
@@ -571,7 +590,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
         raise UsageError(
             f"high_noise_share {cfg.high_noise_share} must be in [0, 1] (0.5 = uniform timesteps)"
         )
-    for name in ("ground_weight", "order_weight", "place_weight"):
+    for name in ("ground_weight", "order_weight", "place_weight", "end_place_weight"):
         value = getattr(cfg, name)
         if value < 0 or (value > 0 and cfg.data != WORLD):
             raise UsageError(
@@ -651,6 +670,12 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
             from latentgen.train.grounding import place_loss
 
             modules["place_head"] = torch.nn.Linear(cfg.text_hidden, 2)  # checkpointed, not exported
+        if cfg.end_place_weight > 0:
+            from latentgen.train.grounding import end_place_loss
+            from latentgen.world.scene import KINDS
+
+            token_kind = _token_kinds(tokenizer)  # [vocabulary] -> kind index or -1
+            modules["end_place_head"] = torch.nn.Linear(cfg.text_hidden, 2 * len(KINDS))  # likewise
         params = [p for m in modules.values() for p in m.parameters()]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         ema = EMA(modules, cfg.ema_decay)
@@ -718,7 +743,8 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
             )
             loss = errors.mean()
             logged = {"loss": loss.item()}
-            if cfg.ground_weight > 0 or cfg.place_weight > 0:  # per token, the objects it names
+            if cfg.ground_weight > 0 or cfg.place_weight > 0 or cfg.end_place_weight > 0:
+                # per token, the objects it names
                 named = torch.where((entries >= 0)[:, None], data.token_objects[entries.clamp(min=0)], 0)
             if cfg.ground_weight > 0:
                 capturing["active"] = False
@@ -730,6 +756,14 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
                 place = place_loss(modules["place_head"](text_emb), named, data.boxes[index])
                 logged["place"] = place.item()
                 loss = loss + cfg.place_weight * place
+            if cfg.end_place_weight > 0:
+                eos = (input_ids == tokenizer.eos_token_id).int().argmax(-1)  # the first EOS
+                state = text_emb[torch.arange(len(eos)), eos]  # [B, D]
+                places = modules["end_place_head"](state).view(len(eos), len(KINDS), 2)
+                kinds = token_kind[input_ids]
+                end_place = end_place_loss(places, kinds, named, data.boxes[index])
+                logged["end_place"] = end_place.item()
+                loss = loss + cfg.end_place_weight * end_place
             if cfg.order_weight > 0:
                 rows = data.caption_ids[entries.clamp(min=0)]
                 swap = torch.where((entries >= 0) & (timesteps >= cfg.order_min_t), data.swap_rows[rows], -1)
