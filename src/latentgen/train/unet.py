@@ -139,9 +139,10 @@ class UNetTrainConfig:
     place_weight: float = 0.0
     # Weight of the end-of-text place loss (grounding.end_place_loss; world data only): a linear head
     # on the end-of-text token's state, the one token of a causal encoder that has read the whole
-    # caption, predicts where each kind the caption names is, so that token carries the layout (today
-    # it carries the nouns' order but hardly the relation: benchmarks/relation_probe.py). Training-
-    # only head, as place_weight's. 0 = off.
+    # caption, predicts where each kind the caption names is, so that token carries the layout (it
+    # carries the nouns' order but hardly the relation: benchmarks/relation_probe.py). Training-only
+    # head, as place_weight's. 0 = off. Tried at 1 for 3,500 steps on release 9: the head stayed at
+    # the order-blind floor (benchmarks/builtin_training.md).
     end_place_weight: float = 0.0
     # optimisation (AdamW, one optimiser for the U-Net and the text encoder)
     batch_size: int = 32
