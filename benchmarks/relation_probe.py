@@ -146,21 +146,17 @@ def error_gaps(model, scenes: int, timesteps: list[int], kinds=KINDS) -> list[di
     return [{"t": t, **row, "scenes": scenes} for t, row in sums.items()]
 
 
-@torch.no_grad()
 def text_sides(model, kinds=KINDS) -> dict[str, float]:
     """Mean cosine of the second noun's text-encoder state after opposite relations, per axis."""
     pipe = Pipeline(model)
     out = {}
-    for first, second in (("above", "below"), ("left of", "right of")):
-        cosines = []
-        for a, b in itertools.permutations(kinds, 2):
-            states = []
-            for relation in (first, second):
-                caption = f"a red {a} {relation} a blue {b}"
-                last = len(model.tokenizer(caption).input_ids) - 2  # the last word's token, before EOS
-                states.append(pipe.encode(caption)[0, last].float())
-            cosines.append(torch.nn.functional.cosine_similarity(*states, dim=0).item())
-        out[f"{first} / {second}"] = sum(cosines) / len(cosines)
+    for relations in (("above", "below"), ("left of", "right of")):
+
+        def captions(a, b, relations=relations):
+            return [f"a red {a} {r} a blue {b}" for r in relations]
+
+        # the second noun is the last word: the token just before the end of text
+        out[" / ".join(relations)] = _mean_cosine(model, pipe, kinds, captions, before_end=1)
     return out
 
 
@@ -173,17 +169,21 @@ def text_end(model, kinds=KINDS) -> dict[str, float]:
         "swapped nouns": lambda a, b: (f"a red {a} above a blue {b}", f"a blue {b} above a red {a}"),
         "above / below": lambda a, b: (f"a red {a} above a blue {b}", f"a red {a} below a blue {b}"),
     }
-    out = {}
-    for name, make in pairs.items():
-        cosines = []
-        for a, b in itertools.permutations(kinds, 2):
-            states = []
-            for caption in make(a, b):
-                end = len(model.tokenizer(caption).input_ids) - 1
-                states.append(pipe.encode(caption)[0, end].float())
-            cosines.append(torch.nn.functional.cosine_similarity(*states, dim=0).item())
-        out[name] = sum(cosines) / len(cosines)
-    return out
+    return {name: _mean_cosine(model, pipe, kinds, make, before_end=0) for name, make in pairs.items()}
+
+
+@torch.no_grad()
+def _mean_cosine(model, pipe: Pipeline, kinds, captions, before_end: int) -> float:
+    """Over every ordered pair of kinds ``a, b``, the mean cosine between the final text-encoder
+    states of the two ``captions(a, b)`` at the token ``before_end`` places before the end of text."""
+    cosines = []
+    for a, b in itertools.permutations(kinds, 2):
+        states = []
+        for caption in captions(a, b):
+            token = len(model.tokenizer(caption).input_ids) - 1 - before_end
+            states.append(pipe.encode(caption)[0, token].float())
+        cosines.append(torch.nn.functional.cosine_similarity(*states, dim=0).item())
+    return sum(cosines) / len(cosines)
 
 
 def summary(result: dict) -> dict:

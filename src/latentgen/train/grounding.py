@@ -142,14 +142,7 @@ def place_loss(places: torch.Tensor, token_objects: torch.Tensor, boxes: torch.T
     ``places``: ``[B, L, 2]``; ``token_objects``: ``[B, L]`` bit masks; ``boxes``: ``[B, K, 4]`` as
     ``(x0, y0, x1, y1)`` (NaN rows: no object). Zero (with a gradient path) when nothing is grounded.
     """
-    bits = object_bits(token_objects, boxes.shape[1]).to(places.dtype)  # [B, L, K]
-    centres = torch.stack(((boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2), -1)
-    count = bits.sum(-1)  # [B, L]
-    named = count > 0
-    if not named.any():
-        return places.sum() * 0.0
-    target = (bits @ centres.nan_to_num(0.0).to(places.dtype)) / count.clamp(min=1)[..., None]
-    return (places - target).pow(2).sum(-1)[named].mean()
+    return _centre_error(places, object_bits(token_objects, boxes.shape[1]), boxes)
 
 
 def end_place_loss(
@@ -170,11 +163,18 @@ def end_place_loss(
     bits = object_bits(token_objects, boxes.shape[1]).to(places.dtype)  # [B, L, K]
     kinds = torch.nn.functional.one_hot(token_kinds.clamp(min=0), places.shape[1]).to(places.dtype)
     kinds = kinds * (token_kinds >= 0)[..., None]  # [B, L, kinds]
-    of_kind = (kinds.transpose(1, 2) @ bits > 0).to(places.dtype)  # [B, kinds, K]
-    count = of_kind.sum(-1)  # [B, kinds]
+    return _centre_error(places, kinds.transpose(1, 2) @ bits > 0, boxes)  # kinds' objects [B, kinds, K]
+
+
+def _centre_error(places: torch.Tensor, members: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each slot's predicted ``(x, y)`` (``places``: ``[B, S, 2]``) against the
+    mean centre of its objects (``members``: ``[B, S, K]``, 0/1); slots with no objects are not scored.
+    Zero (with a gradient path) when no slot has any."""
+    members = members.to(places.dtype)
+    count = members.sum(-1)  # [B, S]
     named = count > 0
     if not named.any():
         return places.sum() * 0.0
     centres = torch.stack(((boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2), -1)
-    target = (of_kind @ centres.nan_to_num(0.0).to(places.dtype)) / count.clamp(min=1)[..., None]
+    target = (members @ centres.nan_to_num(0.0).to(places.dtype)) / count.clamp(min=1)[..., None]
     return (places - target).pow(2).sum(-1)[named].mean()
