@@ -135,7 +135,8 @@ class UNetTrainConfig:
     # Weight of the place loss (latentgen.train.grounding.place_loss; world data only): a linear head
     # on the text encoder's output predicts, from each word naming an object, that object's centre,
     # so that words after a relation carry their side into the text the U-Net reads. The head is
-    # training-only (the export leaves it out). 0 = off.
+    # training-only (the export leaves it out). 0 = off. Tried at 1 with ground_weight=0.1 for 5,174
+    # steps on release 9: the U-Net began to tell swapped nouns apart, but order right stayed 0.50.
     place_weight: float = 0.0
     # Weight of the end-of-text place loss (grounding.end_place_loss; world data only): a linear head
     # on the end-of-text token's state, the one token of a causal encoder that has read the whole
