@@ -508,6 +508,40 @@ def test_init_from_an_export_starts_from_its_weights(folder, unet_run, tmp_path)
     assert not (tmp_path / "b" / "data.safetensors").exists()  # refused before any rendering
 
 
+def test_init_from_grows_transformer_layers_that_start_as_the_identity(folder, unet_run, tmp_path):
+    """More transformer layers than the init model has: the grown U-Net first predicts exactly what
+    the old one does, then its new layers train; any other missing weight is still refused."""
+    from latentgen.loader import load_model
+
+    out = export_model(unet_run, tmp_path / "model")
+    cfg = UNetTrainConfig.tiny(
+        run_dir=str(tmp_path / "grown"), vae="nowhere", data=str(folder), init_from=str(out),
+        transformer_layers=(1, 3),
+    )  # fmt: skip
+    train_unet(cfg, stop_at=0)
+    old = load_model(str(out)).unet
+    new = load_model(str(export_model(tmp_path / "grown", tmp_path / "grown_model"))).unet
+    assert new.config.transformer_layers_per_block == [1, 3]  # the level and the middle block
+    grown = sum(p.numel() for p in new.parameters()) - sum(p.numel() for p in old.parameters())
+    assert grown > 0
+    torch.manual_seed(0)
+    x, emb = torch.randn(2, old.config.in_channels, 4, 4), torch.randn(2, 16, 16)
+    with torch.no_grad():
+        before = old(x, torch.tensor([10, 900]), encoder_hidden_states=emb).sample
+        after = new(x, torch.tensor([10, 900]), encoder_hidden_states=emb).sample
+    assert torch.equal(before, after)
+
+    train_unet(cfg)  # the new layers learn: their output projections leave zero
+    state = checkpoint_tensors(tmp_path / "grown")
+    assert state["model.unet.mid_block.attentions.0.transformer_blocks.2.ff.net.2.weight"].abs().sum() > 0
+
+    with pytest.raises(UsageError, match=r"transformer_layers=\(1, 2, 2\) needs one entry .* per"):
+        train_unet(replace(cfg, run_dir=str(tmp_path / "bad"), transformer_layers=(1, 2, 2)))
+    fewer = replace(cfg, run_dir=str(tmp_path / "fewer"), init_from=str(tmp_path / "grown_model"))
+    with pytest.raises(UsageError, match="does not fit this config's unet"):
+        train_unet(replace(fewer, transformer_layers=()))  # dropping layers is not growing
+
+
 def test_object_mask_marks_what_differs_from_the_frame():
     from latentgen.train.vae import object_mask
 

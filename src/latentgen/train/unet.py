@@ -93,6 +93,11 @@ class UNetTrainConfig:
     # the 8×8, 4×4 and 2×2 levels still see the whole canvas and the text. Empty: every level.
     attention: tuple[int, ...] = (0, 1, 1, 1)
     layers_per_block: int = 1
+    # Transformer layers (self-attention, cross-attention, feed-forward) in each level's attention
+    # blocks; the 2×2 entry also sets the middle block's. Empty: one at every level. A run with
+    # init_from may ask for more than its init model has: the extra layers start as the identity
+    # (their output projections zero), so the grown U-Net first draws exactly what the old one did.
+    transformer_layers: tuple[int, ...] = ()
     attention_heads: int = 4  # passed as diffusers' `attention_head_dim`, which means heads here
     norm_num_groups: int = 8  # 4-24 channels a group, as SD's 10-40 (32 groups would leave 1-6)
     # The text also reaches every res-block through the timestep embedding, attention-pooled
@@ -215,6 +220,12 @@ def build_unet(cfg: UNetTrainConfig, latent_channels: int, latent_size: int):
         raise UsageError(
             f"attention={attention} needs one 0/1 entry per block_out_channels entry ({n}) and at least one 1"
         )
+    layers = cfg.transformer_layers or (1,) * n
+    if len(layers) != n or min(layers) < 1:
+        raise UsageError(
+            f"transformer_layers={layers} needs one entry of 1 or more per block_out_channels entry ({n}), "
+            "e.g. " + ",".join(["1"] * n)
+        )
     return UNet2DConditionModel(
         sample_size=latent_size,
         in_channels=latent_channels,
@@ -223,6 +234,8 @@ def build_unet(cfg: UNetTrainConfig, latent_channels: int, latent_size: int):
         up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
         block_out_channels=cfg.block_out_channels,
         layers_per_block=cfg.layers_per_block,
+        # a plain int when uniform, so configs of models without grown levels stay as they were
+        transformer_layers_per_block=layers[0] if len(set(layers)) == 1 else layers,
         cross_attention_dim=cfg.text_hidden,
         attention_head_dim=cfg.attention_heads,
         norm_num_groups=cfg.norm_num_groups,
@@ -515,8 +528,32 @@ def _check_same_tokenizer(tokenizer, folder: Path) -> None:
         )
 
 
+# The weights whose zeros make a diffusers BasicTransformerBlock the identity: each of its three
+# sub-layers adds its output (these projections) to the residual stream.
+_GROWN_ZERO = ("attn1.to_out.0.", "attn2.to_out.0.", "ff.net.2.")
+
+
+def _grown_layers(missing: list[str], state: dict[str, torch.Tensor]) -> set[str]:
+    """Prefixes ``….transformer_blocks.<i>.`` of ``missing`` that are whole layers the init lacks."""
+    grown = set()
+    for key in missing:
+        head, sep, rest = key.partition(".transformer_blocks.")
+        index = rest.split(".", 1)[0]
+        if not sep or not index.isdigit() or int(index) == 0:
+            continue
+        prefix = f"{head}.transformer_blocks.{index}."
+        has_first = f"{head}.transformer_blocks.0.norm1.weight" in state  # a block the init has
+        if has_first and not any(k.startswith(prefix) for k in state):
+            grown.add(prefix)
+    return grown
+
+
 def _load_init_weights(modules: dict[str, torch.nn.Module], folder: Path) -> None:
-    """Load ``folder``'s U-Net and text encoder (safetensors only) into the freshly built modules."""
+    """Load ``folder``'s U-Net and text encoder (safetensors only) into the freshly built modules.
+
+    U-Net transformer layers this config has beyond the init model's (``transformer_layers``) are
+    the only weights allowed to be missing; they are set to the identity.
+    """
     for name, module in modules.items():
         files = sorted((folder / name).glob("*.safetensors"))
         if len(files) != 1:
@@ -529,6 +566,14 @@ def _load_init_weights(modules: dict[str, torch.nn.Module], folder: Path) -> Non
                 f"{files[0]} does not fit this config's {name} ({str(e).splitlines()[-1].strip()}); "
                 "use the model config it was trained with"
             ) from None
+        grown = _grown_layers(missing, state) if name == "unet" else set()
+        missing = [k for k in missing if not any(k.startswith(p) for p in grown)]
+        if grown:
+            with torch.no_grad():
+                for key, param in module.named_parameters():
+                    if any(key.startswith(p + z) for p in grown for z in _GROWN_ZERO):
+                        param.zero_()
+            log.info("grew %d transformer layers beyond %s's, as the identity", len(grown), folder)
         if missing or unexpected:
             raise UsageError(
                 f"{files[0]} does not fit this config's {name} ({len(missing)} weights missing, "
