@@ -18,8 +18,10 @@ The configs' defaults are the built-in model's recipe (64×64 images):
   the pooled text in the timestep embedding; CLIP text encoder (256 wide, 4 layers, 24 tokens) from
   scratch, 2.3M; v-prediction; batch 32, 15,000 steps; EMA. The shipped model then continues that
   run in further cycles, each from the last one's export (``init_from``) on fresh renders with
-  ``high_noise_share=0.75``: ``scripts/train-builtin`` lists them.
-- Export: about 35 MB in fp16.
+  ``high_noise_share=0.75``, the last of them with a second transformer layer grown into every
+  attention block but the 16×16 level's (``transformer_layers``; U-Net 17.1M): ``scripts/train-builtin``
+  lists them.
+- Export: about 35 MB in fp16 (44 MB grown).
 """
 
 from latentgen.train.export import export_model
