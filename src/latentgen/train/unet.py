@@ -25,6 +25,7 @@ import copy
 import json
 import logging
 import math
+import re
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -212,9 +213,9 @@ def build_text_encoder(cfg: UNetTrainConfig, tokenizer):
     return CLIPTextModel(config)
 
 
-def build_unet(cfg: UNetTrainConfig, latent_channels: int, latent_size: int):
-    from diffusers import UNet2DConditionModel
-
+def unet_levels(cfg: UNetTrainConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(attention, transformer_layers)`` per level, defaults filled in; raises UsageError if they do
+    not fit ``block_out_channels`` (checked before a run renders anything, and by build_unet)."""
     check_norm_groups(cfg.block_out_channels, cfg.norm_num_groups)
     n = len(cfg.block_out_channels)
     attention = cfg.attention or (1,) * n
@@ -228,6 +229,13 @@ def build_unet(cfg: UNetTrainConfig, latent_channels: int, latent_size: int):
             f"transformer_layers={layers} needs one entry of 1 or more per block_out_channels entry ({n}), "
             "e.g. " + ",".join(["1"] * n)
         )
+    return attention, layers
+
+
+def build_unet(cfg: UNetTrainConfig, latent_channels: int, latent_size: int):
+    from diffusers import UNet2DConditionModel
+
+    attention, layers = unet_levels(cfg)
     return UNet2DConditionModel(
         sample_size=latent_size,
         in_channels=latent_channels,
@@ -535,18 +543,18 @@ def _check_same_tokenizer(tokenizer, folder: Path) -> None:
 _GROWN_ZERO = ("attn1.to_out.0.", "attn2.to_out.0.", "ff.net.2.")
 
 
+_TRANSFORMER_LAYER = re.compile(r"^(.*\.transformer_blocks\.)(\d+)\.")  # groups: block, layer index
+
+
 def _grown_layers(missing: list[str], state: dict[str, torch.Tensor]) -> set[str]:
-    """Prefixes ``….transformer_blocks.<i>.`` of ``missing`` that are whole layers the init lacks."""
+    """Prefixes ``….transformer_blocks.<i>.`` of ``missing`` that are whole layers the init lacks, in
+    attention blocks it has (its layer 0 is there)."""
+    present = {m.group(0) for k in state if (m := _TRANSFORMER_LAYER.match(k))}
     grown = set()
     for key in missing:
-        head, sep, rest = key.partition(".transformer_blocks.")
-        index = rest.split(".", 1)[0]
-        if not sep or not index.isdigit() or int(index) == 0:
-            continue
-        prefix = f"{head}.transformer_blocks.{index}."
-        has_first = f"{head}.transformer_blocks.0.norm1.weight" in state  # a block the init has
-        if has_first and not any(k.startswith(prefix) for k in state):
-            grown.add(prefix)
+        m = _TRANSFORMER_LAYER.match(key)
+        if m and m.group(0) not in present and f"{m.group(1)}0." in present:
+            grown.add(m.group(0))
     return grown
 
 
@@ -648,6 +656,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
             )
     if cfg.layout_mix:  # a typo here should fail now, not after the VAE is loaded
         layout_weights(cfg.data, cfg.layout_mix)
+    unet_levels(cfg)  # likewise a wrong attention or transformer_layers, not after the rendering
     run_dir = Path(cfg.run_dir)
     init = None  # the folder a new run starts from (init_from); a resumed run needs only its checkpoint
     with run_context(run_dir, cfg.threads) as stop:
