@@ -92,3 +92,8 @@ def kind_probe():
 @pytest.fixture(scope="session")
 def relation_probe():
     return _benchmark("relation_probe")
+
+
+@pytest.fixture(scope="session")
+def text_order_probe():
+    return _benchmark("text_order_probe")
