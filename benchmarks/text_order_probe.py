@@ -6,10 +6,11 @@ regression is fitted to tell "above" from "below" from that one state. Fitted on
 the kind pairs, scored on the others, so a probe that learned kinds, not the relation, scores half.
 
 The encoder is causal, so in the plain prompt the first noun cannot have seen the relation word
-(chance, by construction: a check on the probe itself); the second noun can. ``--echo`` gives the
-encoder the prompt twice and reads the nouns of the second copy, whose first noun has seen the
-whole prompt once. What this does not measure is whether the U-Net uses the difference
-(benchmarks/relation_probe.py does).
+(chance, by construction: a check on the probe itself); the second noun can. The probe is then
+repeated with the prompt given twice ("echo"), reading the nouns of the second copy, whose first
+noun has seen the whole prompt once. What this does not measure is whether the U-Net uses the
+difference (benchmarks/relation_probe.py does). For models of the built-in world (each kind one
+token of their vocabulary).
 
     python benchmarks/text_order_probe.py --model builtin
     python benchmarks/text_order_probe.py --model PATH --prompts 1000 --json FILE
@@ -46,7 +47,12 @@ def noun_states(model, texts: list[str], nouns: list[tuple[str, str]]) -> tuple[
     first, second = [], []
     for row, (a, b), states in zip(ids.input_ids.tolist(), nouns, hidden, strict=True):
         for noun, out in ((a, first), (b, second)):
-            (token,) = tok(noun, add_special_tokens=False).input_ids
+            tokens = tok(noun, add_special_tokens=False).input_ids
+            if len(tokens) != 1:
+                raise SystemExit(
+                    f"'{noun}' is not one token of this model's vocabulary: use a built-in-world model"
+                )
+            (token,) = tokens
             if token not in row:
                 raise SystemExit(
                     f"'{noun}' does not fit in {tok.model_max_length} tokens of this model's text"
@@ -82,6 +88,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.prompts < 100:
+        ap.error(
+            f"--prompts {args.prompts}: use at least 100 (the probe holds out a quarter of the kind pairs)"
+        )
 
     model = load_model(args.model, device="cpu", dtype="fp32")
     rows = [
