@@ -44,15 +44,18 @@ def noun_states(model, texts: list[str], nouns: list[tuple[str, str]]) -> tuple[
         hidden = (
             model.text_encoder(ids.input_ids.to(model.text_encoder.device)).last_hidden_state.float().cpu()
         )
+    token_of = {}  # each kind's one token, looked up once rather than per prompt
+    for noun in {n for pair in nouns for n in pair}:
+        tokens = tok(noun, add_special_tokens=False).input_ids
+        if len(tokens) != 1:
+            raise SystemExit(
+                f"'{noun}' is not one token of this model's vocabulary: use a built-in-world model"
+            )
+        token_of[noun] = tokens[0]
     first, second = [], []
     for row, (a, b), states in zip(ids.input_ids.tolist(), nouns, hidden, strict=True):
         for noun, out in ((a, first), (b, second)):
-            tokens = tok(noun, add_special_tokens=False).input_ids
-            if len(tokens) != 1:
-                raise SystemExit(
-                    f"'{noun}' is not one token of this model's vocabulary: use a built-in-world model"
-                )
-            (token,) = tokens
+            token = token_of[noun]
             if token not in row:
                 raise SystemExit(
                     f"'{noun}' does not fit in {tok.model_max_length} tokens of this model's text"
