@@ -22,6 +22,7 @@ import argparse
 import itertools
 import json
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,12 @@ from latentgen.world import KINDS
 from latentgen.world.prompts import COLOUR_NAMES
 
 RELATIONS = ("above", "below")
+
+
+def _refuse(message: str) -> None:
+    """A model this probe cannot read is a usage error: one line, exit 2, as --prompts below 100."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def noun_states(model, texts: list[str], nouns: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
@@ -48,18 +55,14 @@ def noun_states(model, texts: list[str], nouns: list[tuple[str, str]]) -> tuple[
     for noun in {n for pair in nouns for n in pair}:
         tokens = tok(noun, add_special_tokens=False).input_ids
         if len(tokens) != 1:
-            raise SystemExit(
-                f"'{noun}' is not one token of this model's vocabulary: use a built-in-world model"
-            )
+            _refuse(f"'{noun}' is not one token of this model's vocabulary: use a built-in-world model")
         token_of[noun] = tokens[0]
     first, second = [], []
     for row, (a, b), states in zip(ids.input_ids.tolist(), nouns, hidden, strict=True):
         for noun, out in ((a, first), (b, second)):
             token = token_of[noun]
             if token not in row:
-                raise SystemExit(
-                    f"'{noun}' does not fit in {tok.model_max_length} tokens of this model's text"
-                )
+                _refuse(f"'{noun}' does not fit in {tok.model_max_length} tokens of this model's text")
             out.append(states[len(row) - 1 - row[::-1].index(token)].numpy())
     return np.stack(first), np.stack(second)
 
