@@ -180,7 +180,8 @@ def _mean_cosine(model, pipe: Pipeline, kinds, captions, before_end: int) -> flo
     for a, b in itertools.permutations(kinds, 2):
         states = []
         for caption in captions(a, b):
-            token = len(model.tokenizer(caption).input_ids) - 1 - before_end
+            # as the pipeline reads it: for a prompt_repeat model, the last copy's tokens
+            token = len(model.tokenizer(pipe.model_text(caption)).input_ids) - 1 - before_end
             states.append(pipe.encode(caption)[0, token].float())
         cosines.append(torch.nn.functional.cosine_similarity(*states, dim=0).item())
     return sum(cosines) / len(cosines)

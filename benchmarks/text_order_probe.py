@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = [f"a {c1} {k1} {rel} a {c2} {k2}" for k1, k2, c1, c2, rel in rows]
     nouns = [(k1, k2) for k1, k2, *_ in rows]
     y = np.array([rel == RELATIONS[0] for *_, rel in rows])
-    report: dict = {"model": args.model, "prompts": len(rows)}
+    # a model trained with prompt_repeat=2 reads prompts as "echo" does
+    report: dict = {"model": args.model, "prompt_repeat": model.source.prompt_repeat, "prompts": len(rows)}
     for mode, texts in (("plain", prompts), ("echo", [f"{p} {p}" for p in prompts])):
         first, second = noun_states(model, texts, nouns)
         report[mode] = {

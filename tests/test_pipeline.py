@@ -151,3 +151,60 @@ def test_long_prompt_warns_naming_dropped_text(tiny_model, caplog):
     with caplog.at_level(logging.WARNING, logger="latentgen"):
         Pipeline(tiny_model).generate(GenerationRequest(prompt, steps=1, seed=0))
     assert "dropped" in caplog.text and "purple heart" in caplog.text
+
+
+def _repeat_model(tiny_model_dir, tmp_path, value):
+    import json
+    import shutil
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "repeat")
+    (folder / "latentgen.json").write_text(json.dumps({"prompt_repeat": value}))
+    return folder
+
+
+def test_prompt_repeat_model_reads_each_prompt_twice(tiny_model_dir, tiny_model, tmp_path):
+    """A model exported with prompt_repeat=2 draws what the same weights draw from the doubled text."""
+    model = load_model(_repeat_model(tiny_model_dir, tmp_path, 2), device="cpu", dtype="fp32")
+    assert model.source.prompt_repeat == 2 and tiny_model.source.prompt_repeat == 1
+    req = GenerationRequest("a red circle", negative_prompt="a blue star", steps=3, guidance=5.0, seed=3)
+    (ours,) = Pipeline(model).generate(req)
+    (doubled,) = Pipeline(tiny_model).generate(
+        GenerationRequest(
+            "a red circle a red circle",
+            negative_prompt="a blue star a blue star",
+            steps=3,
+            guidance=5.0,
+            seed=3,
+        )  # fmt: skip
+    )
+    (once,) = Pipeline(tiny_model).generate(req)
+    assert np.array_equal(pixels([ours.image]), pixels([doubled.image]))
+    assert not np.array_equal(pixels([ours.image]), pixels([once.image]))
+    assert Pipeline(model).model_text("") == ""  # the unconditional text is never repeated
+
+
+def test_prompt_repeat_cuts_a_long_prompt_to_equal_copies(tiny_model_dir, tmp_path, caplog):
+    model = load_model(_repeat_model(tiny_model_dir, tmp_path, 2), device="cpu", dtype="fp32")
+    pipe, tok = Pipeline(model), model.tokenizer
+    room = (tok.model_max_length - 2) // 2
+    prompt = " ".join(f"{c} circle" for c in ["red", "blue"] * room)  # 2 × room words
+    ids = tok(pipe.model_text(prompt), add_special_tokens=False).input_ids
+    assert len(ids) == 2 * room and ids[:room] == ids[room:]
+    assert tok.decode(ids[:room]).split() == prompt.split()[:room]
+    with caplog.at_level(logging.WARNING, logger="latentgen"):
+        pipe.generate(GenerationRequest(prompt, steps=1, seed=0))
+    assert f"text encoder's {room + 2} tokens (it reads each prompt 2 times)" in caplog.text
+    assert "dropped" in caplog.text and " ".join(prompt.split()[room:]) in caplog.text
+
+
+@pytest.mark.parametrize("value", [0, "2", 1.5, True])
+def test_bad_prompt_repeat_is_refused_naming_it(tiny_model_dir, tmp_path, value, run_cli):
+    from latentgen.errors import ModelLoadError
+
+    folder = _repeat_model(tiny_model_dir, tmp_path, value)
+    with pytest.raises(ModelLoadError, match=r"latentgen.json: prompt_repeat .* must be a whole number"):
+        load_model(folder, device="cpu", dtype="fp32")
+    code, _, err = run_cli(
+        "generate", "a red circle", "--model", folder, "--steps", 1, "--out", tmp_path / "o.png"
+    )
+    assert code in (1, 2) and err.count("\n") == 1 and "prompt_repeat" in err and "Traceback" not in err

@@ -508,6 +508,47 @@ def test_init_from_an_export_starts_from_its_weights(folder, unet_run, tmp_path)
     assert not (tmp_path / "b" / "data.safetensors").exists()  # refused before any rendering
 
 
+def test_prompt_repeat_trains_on_repeated_captions_and_grows_the_positions(folder, unet_run, tmp_path):
+    """A model can be continued reading each caption twice (prompt_repeat=2): the init's text encoder
+    gains positions (copies of its last), captions are tokenized doubled, the export says so."""
+    from latentgen.loader import load_model
+
+    out = export_model(unet_run, tmp_path / "model")  # max_tokens 16
+    run = tmp_path / "twice"
+    cfg = UNetTrainConfig.tiny(
+        run_dir=str(run), vae="nowhere", data=str(folder), init_from=str(out), prompt_repeat=2, max_tokens=32
+    )
+    train_unet(cfg, stop_at=0)
+    positions = checkpoint_tensors(run)["model.text_encoder.embeddings.position_embedding.weight"]
+    text = load_file(str(out / "text_encoder" / "model.safetensors"))
+    init = next(v for k, v in text.items() if k.endswith("position_embedding.weight")).float()
+    assert positions.shape[0] == 32 and init.shape[0] == 16
+    assert torch.equal(positions[:16], init) and torch.equal(positions[16:], init[-1:].expand(16, -1))
+
+    tok = CLIPTokenizer.from_pretrained(run / "tokenizer")
+    data = LatentCaptions.load(run / "data.safetensors")
+    captions = {line for f in folder.glob("*.txt") for line in f.read_text().splitlines() if line[:1] == "a"}
+    special = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
+    rows = [[t for t in row.tolist() if t not in special] for row in data.tokens]
+    assert rows[0] == []  # the unconditional caption stays empty
+    for ids in rows[1:]:
+        half = len(ids) // 2
+        assert ids[:half] == ids[half:] and tok.decode(ids[:half]).strip() in captions
+
+    train_unet(cfg)
+    model_dir = export_model(run, tmp_path / "model2")
+    assert json.loads((model_dir / "latentgen.json").read_text())["prompt_repeat"] == 2
+    assert load_model(model_dir, device="cpu", dtype="fp32").source.prompt_repeat == 2
+    assert "prompt_repeat" not in json.loads((out / "latentgen.json").read_text())
+
+    with pytest.raises(UsageError, match="prompt_repeat 0 must be 1 or more"):
+        train_unet(replace(cfg, run_dir=str(tmp_path / "r0"), prompt_repeat=0))
+    with pytest.raises(UsageError, match="cannot be combined with place_weight"):
+        train_unet(replace(cfg, run_dir=str(tmp_path / "r1"), data="world", place_weight=1.0))
+    with pytest.raises(UsageError, match=r"more max_tokens \(16\)"):
+        train_unet(replace(cfg, run_dir=str(tmp_path / "r2"), prompt_repeat=1, max_tokens=8))
+
+
 def test_init_from_grows_transformer_layers_that_start_as_the_identity(folder, unet_run, tmp_path):
     """More transformer layers than the init model has: the grown U-Net first predicts exactly what
     the old one does, then its new layers train; any other missing weight is still refused."""

@@ -72,6 +72,12 @@ class ModelSource:
         """The words the model was trained on, when it says (the built-in model does)."""
         return self.extra.get("vocabulary")
 
+    @property
+    def prompt_repeat(self) -> int:
+        """How many times the text encoder reads each prompt (latentgen.json ``prompt_repeat``; 1 for
+        any other model). Checked when the folder is read."""
+        return int(self.extra.get("prompt_repeat", 1))
+
 
 @dataclass
 class Model:
@@ -187,6 +193,12 @@ def _read_folder(name: str, path: Path) -> ModelSource:
     te_cfg = _read_json(path / "text_encoder" / "config.json")
     sched_cfg = _read_json(path / "scheduler" / "scheduler_config.json")
     extra = _read_json(path / "latentgen.json") if (path / "latentgen.json").is_file() else {}
+    repeat = extra.get("prompt_repeat", 1)
+    if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+        raise ModelLoadError(
+            f"{path / 'latentgen.json'}: prompt_repeat {repeat!r} must be a whole number, 1 or more; "
+            "re-export the model or remove the key"
+        )
 
     vae_factor = 2 ** (len(vae_cfg.get("block_out_channels", [0, 0, 0, 0])) - 1)
     sample = unet_cfg.get("sample_size", 64)

@@ -26,6 +26,7 @@ from latentgen.errors import NonFiniteError, UsageError
 from latentgen.loader import Model
 from latentgen.request import GenerationRequest
 from latentgen.samplers import Sampler, build_scheduler, is_stochastic, scheduler_state, step_back
+from latentgen.tokenizer import repeat_prompt
 
 if TYPE_CHECKING:
     from latentgen.edit import EditRequest
@@ -201,7 +202,7 @@ class Pipeline:
         if emb is None:
             m = self.model
             ids = m.tokenizer(
-                text,
+                self.model_text(text),
                 padding="max_length",
                 max_length=m.tokenizer.model_max_length,
                 truncation=True,
@@ -218,19 +219,33 @@ class Pipeline:
             self._emb_cache[text] = emb
         return emb
 
+    def model_text(self, text: str) -> str:
+        """What the text encoder is given for ``text``: the prompt itself, or for a model trained with
+        ``prompt_repeat`` the prompt cut to one copy's share of the tokens and repeated."""
+        times = self.model.source.prompt_repeat
+        if times == 1:
+            return text
+        tok = self.model.tokenizer
+        ids = tok(text, truncation=False, add_special_tokens=False).input_ids
+        room = (tok.model_max_length - 2) // times
+        return repeat_prompt(tok.decode(ids[:room]).strip() if len(ids) > room else text, times)
+
     def dropped_text(self, text: str) -> str:
         """The part of ``text`` the text encoder cannot see (beyond its token limit), or ''."""
         tok = self.model.tokenizer
         ids = tok(text, truncation=False, add_special_tokens=False).input_ids
-        room = tok.model_max_length - 2  # BOS and EOS
+        room = (tok.model_max_length - 2) // self.model.source.prompt_repeat  # BOS and EOS; each copy
         return tok.decode(ids[room:]).strip() if len(ids) > room else ""
 
     def warn_about_prompt(self, prompt: str) -> None:
         dropped = self.dropped_text(prompt)
         if dropped:
             log.warning(
-                "prompt is longer than the text encoder's %d tokens; dropped: %r",
-                self.model.tokenizer.model_max_length,
+                "prompt is longer than the text encoder's %d tokens%s; dropped: %r",
+                (self.model.tokenizer.model_max_length - 2) // self.model.source.prompt_repeat + 2,
+                f" (it reads each prompt {self.model.source.prompt_repeat} times)"
+                if self.model.source.prompt_repeat > 1
+                else "",
                 dropped,
             )
         vocab = self.model.source.vocabulary

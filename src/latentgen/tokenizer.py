@@ -18,6 +18,20 @@ from pathlib import Path
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 
+def repeat_prompt(text: str, times: int) -> str:
+    """``text`` given ``times`` times, space-separated, as a model trained with ``prompt_repeat`` reads
+    it ("" stays "": the unconditional text is never repeated).
+
+    Why: a CLIP text encoder is causal, so a word sees only the words before it; in "a red circle
+    above a blue square" the circle's state cannot say it is on top. In the second copy every word has
+    read the whole prompt once (benchmarks/text_order_probe.py: the first noun's side is then linearly
+    readable, 1.000 on held-out pairs, against 0.49 from a single copy).
+    """
+    if times < 1:
+        raise ValueError(f"prompt repeat {times} must be 1 or more")
+    return text if times == 1 or not text.strip() else " ".join([text.strip()] * times)
+
+
 def _bytes_to_unicode() -> dict[int, str]:
     """CLIP/GPT-2's reversible byte → printable-character table."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))

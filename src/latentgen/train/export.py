@@ -121,6 +121,8 @@ def export_model(
     extra = {
         **({"family": family} if family else {}),
         "vocabulary": vocabulary,
+        # the pipeline reads every prompt as the text encoder was trained to (1: left out, as before)
+        **({"prompt_repeat": cfg.prompt_repeat} if cfg.prompt_repeat > 1 else {}),
         "training": _training_record(run, ckpt.step, cfg),
     }
     (tmp / "latentgen.json").write_text(json.dumps(extra, indent=1) + "\n", encoding="utf-8")

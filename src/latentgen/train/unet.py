@@ -81,6 +81,13 @@ class UNetTrainConfig:
     # context length, BOS and EOS included (tokenizer model_max_length too). The world's longest
     # caption is 18 tokens; every token costs text-encoder and cross-attention time on every step.
     max_tokens: int = 24
+    # The text encoder reads each caption this many times, space-separated (repeat_prompt; exported as
+    # latentgen.json prompt_repeat, which the pipeline then applies to every prompt). The encoder is
+    # causal: only in a second copy has a noun read the relation after it ("a red circle above ...":
+    # the circle's side). max_tokens must then hold the copies (2 × 16 words + BOS/EOS = 34 for the
+    # world). An init model with fewer positions grows them (copies of its last, padding, row).
+    # Not combined with the grounding, order and place losses (their token positions are one copy's).
+    prompt_repeat: int = 1
     text_hidden: int = 256  # also the U-Net's cross_attention_dim
     text_layers: int = 4
     text_heads: int = 4
@@ -346,9 +353,18 @@ class LatentCaptions:
 
 @torch.no_grad()
 def encode_dataset(
-    train: ImageCaptions, sample_prompts: list[str], vae, tokenizer, max_tokens: int, batch_size: int = 64
+    train: ImageCaptions,
+    sample_prompts: list[str],
+    vae,
+    tokenizer,
+    max_tokens: int,
+    batch_size: int = 64,
+    prompt_repeat: int = 1,
 ) -> LatentCaptions:
-    """Encode the training images through ``vae`` and tokenize every caption."""
+    """Encode the training images through ``vae`` and tokenize every caption (``prompt_repeat``
+    times over, see :func:`latentgen.tokenizer.repeat_prompt`)."""
+    from latentgen.tokenizer import repeat_prompt
+
     means, stds = [], []
     for start in range(0, len(train), batch_size):
         posterior = vae.encode(
@@ -367,9 +383,11 @@ def encode_dataset(
         swapped = {c: s for c in captions if (s := swap_subjects(c)) is not None}
     distinct = [""] + sorted(captions | set(swapped.values()))
     row = {c: i for i, c in enumerate(distinct)}
-    enc = tokenizer(distinct, padding="max_length", max_length=max_tokens, truncation=True)
+    read = [repeat_prompt(c, prompt_repeat) for c in distinct]
+    enc = tokenizer(read, padding="max_length", max_length=max_tokens, truncation=True)
     lengths = [len(ids) for ids in tokenizer(distinct)["input_ids"]]
-    too_long = [c for c, n in zip(distinct, lengths, strict=True) if n > max_tokens]
+    read_lengths = [len(ids) for ids in tokenizer(read)["input_ids"]]
+    too_long = [c for c, n in zip(read, read_lengths, strict=True) if n > max_tokens]
     if too_long:
         log.warning(
             "%d captions exceed %d tokens and are cut, e.g. %r", len(too_long), max_tokens, too_long[0]
@@ -531,10 +549,11 @@ def _check_same_tokenizer(tokenizer, folder: Path) -> None:
     from transformers import CLIPTokenizer
 
     theirs = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-    if theirs.get_vocab() != tokenizer.get_vocab() or theirs.model_max_length != tokenizer.model_max_length:
+    if theirs.get_vocab() != tokenizer.get_vocab() or theirs.model_max_length > tokenizer.model_max_length:
         raise UsageError(
-            f"init_from {str(folder)!r} was trained with another vocabulary or max_tokens; "
-            "continue it with the data and max_tokens it was trained with"
+            f"init_from {str(folder)!r} was trained with another vocabulary or more max_tokens "
+            f"({theirs.model_max_length}); continue it with the data it was trained with and "
+            f"max_tokens of {theirs.model_max_length} or more"
         )
 
 
@@ -558,6 +577,24 @@ def _grown_layers(missing: list[str], state: dict[str, torch.Tensor]) -> set[str
     return grown
 
 
+_POSITIONS = "embeddings.position_embedding.weight"
+
+
+def _grow_positions(state: dict[str, torch.Tensor], text_encoder) -> None:
+    """Give an init text encoder with fewer positions than ``text_encoder`` (a larger max_tokens) the
+    missing rows, as copies of its last row: positions past the longest caption have only ever held
+    padding, so a longer text starts out read as the padding was."""
+    key = next((k for k in state if k.endswith(_POSITIONS)), None)
+    if key is None:
+        return
+    want = text_encoder.state_dict()[key].shape[0] if key in text_encoder.state_dict() else None
+    have = state[key].shape[0]
+    if want is not None and want > have:
+        extra = state[key][-1:].expand(want - have, -1)
+        state[key] = torch.cat([state[key], extra])
+        log.info("grew the text encoder's positions from %d to %d (copies of the last)", have, want)
+
+
 def _load_init_weights(modules: dict[str, torch.nn.Module], folder: Path) -> None:
     """Load ``folder``'s U-Net and text encoder (safetensors only) into the freshly built modules.
 
@@ -569,6 +606,8 @@ def _load_init_weights(modules: dict[str, torch.nn.Module], folder: Path) -> Non
         if len(files) != 1:
             raise UsageError(f"expected one .safetensors file in {folder / name}, found {len(files)}")
         state = {k: v.float() for k, v in load_file(str(files[0])).items()}
+        if name == "text_encoder":
+            _grow_positions(state, module)
         try:
             missing, unexpected = module.load_state_dict(state, strict=False)
         except RuntimeError as e:  # shape mismatch
@@ -605,7 +644,10 @@ def generate(
 
     scheduler = DDIMScheduler.from_config(noise_schedule_config(cfg))
     scheduler.set_timesteps(steps)
-    ids = tokenizer([""] * len(prompts) + prompts, padding="max_length", max_length=cfg.max_tokens,
+    from latentgen.tokenizer import repeat_prompt
+
+    texts = [""] * len(prompts) + [repeat_prompt(p, cfg.prompt_repeat) for p in prompts]
+    ids = tokenizer(texts, padding="max_length", max_length=cfg.max_tokens,
                     truncation=True, return_tensors="pt").input_ids  # fmt: skip
     text_emb = text_encoder(ids)[0]  # [2B, L, D]: uncond then cond
     c, s = unet.config.in_channels, unet.config.sample_size
@@ -654,6 +696,16 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
                 f"{name} {value} needs data 'world' (whose renders know their objects and captions) "
                 "and a value of 0 or more; use 0 for other data"
             )
+    if cfg.prompt_repeat < 1:
+        raise UsageError(f"prompt_repeat {cfg.prompt_repeat} must be 1 or more (1 = each caption once)")
+    if cfg.prompt_repeat > 1:
+        losses = [n for n in ("ground_weight", "order_weight", "place_weight", "end_place_weight")
+                  if getattr(cfg, n) > 0]  # fmt: skip
+        if losses:
+            raise UsageError(
+                f"prompt_repeat {cfg.prompt_repeat} cannot be combined with {', '.join(losses)} "
+                "(their token positions are a single copy's); set them to 0 or prompt_repeat=1"
+            )
     if cfg.layout_mix:  # a typo here should fail now, not after the VAE is loaded
         layout_weights(cfg.data, cfg.layout_mix)
     unet_levels(cfg)  # likewise a wrong attention or transformer_layers, not after the rendering
@@ -694,7 +746,9 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
                 lineage = {"init_from": str(init), **init_training}
                 (run_dir / "init_from.json").write_text(json.dumps(lineage) + "\n", encoding="utf-8")
             prompts = [caps[0] for caps in held_out.captions]
-            data = encode_dataset(train, prompts, vae, tokenizer, cfg.max_tokens)
+            data = encode_dataset(
+                train, prompts, vae, tokenizer, cfg.max_tokens, prompt_repeat=cfg.prompt_repeat
+            )
             del train
             data.save(run_dir / "data.safetensors")
             log.info(
