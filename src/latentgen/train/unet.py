@@ -87,6 +87,8 @@ class UNetTrainConfig:
     # the circle's side). max_tokens must then hold the copies (2 × 16 words + BOS/EOS = 34 for the
     # world). An init model with fewer positions grows them (copies of its last, padding, row).
     # Not combined with the grounding, order and place losses (their token positions are one copy's).
+    # Tried at 2 for 8,000 steps from release 10: the first noun's state then says its side (probe
+    # 1.000), the U-Net still ignores it (order right 0.51); eval 0.817 (benchmarks/builtin_training.md).
     prompt_repeat: int = 1
     text_hidden: int = 256  # also the U-Net's cross_attention_dim
     text_layers: int = 4
