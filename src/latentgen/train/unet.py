@@ -36,6 +36,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from latentgen.errors import LatentgenError, UsageError
+from latentgen.tokenizer import repeat_prompt
 from latentgen.train.data import (
     WORLD,
     ImageCaptions,
@@ -365,8 +366,6 @@ def encode_dataset(
 ) -> LatentCaptions:
     """Encode the training images through ``vae`` and tokenize every caption (``prompt_repeat``
     times over, see :func:`latentgen.tokenizer.repeat_prompt`)."""
-    from latentgen.tokenizer import repeat_prompt
-
     means, stds = [], []
     for start in range(0, len(train), batch_size):
         posterior = vae.encode(
@@ -587,11 +586,11 @@ def _grow_positions(state: dict[str, torch.Tensor], text_encoder) -> None:
     missing rows, as copies of its last row: positions past the longest caption have only ever held
     padding, so a longer text starts out read as the padding was."""
     key = next((k for k in state if k.endswith(_POSITIONS)), None)
-    if key is None:
-        return
-    want = text_encoder.state_dict()[key].shape[0] if key in text_encoder.state_dict() else None
-    have = state[key].shape[0]
-    if want is not None and want > have:
+    ours = text_encoder.state_dict().get(key) if key is not None else None
+    if ours is None:
+        return  # nothing to grow, or a layout load_state_dict will refuse by name
+    want, have = ours.shape[0], state[key].shape[0]
+    if want > have:
         extra = state[key][-1:].expand(want - have, -1)
         state[key] = torch.cat([state[key], extra])
         log.info("grew the text encoder's positions from %d to %d (copies of the last)", have, want)
@@ -646,8 +645,6 @@ def generate(
 
     scheduler = DDIMScheduler.from_config(noise_schedule_config(cfg))
     scheduler.set_timesteps(steps)
-    from latentgen.tokenizer import repeat_prompt
-
     texts = [""] * len(prompts) + [repeat_prompt(p, cfg.prompt_repeat) for p in prompts]
     ids = tokenizer(texts, padding="max_length", max_length=cfg.max_tokens,
                     truncation=True, return_tensors="pt").input_ids  # fmt: skip
