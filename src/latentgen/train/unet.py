@@ -87,7 +87,7 @@ class UNetTrainConfig:
     # causal: only in a second copy has a noun read the relation after it ("a red circle above ...":
     # the circle's side). max_tokens must then hold the copies (2 × 16 words + BOS/EOS = 34 for the
     # world). An init model with fewer positions grows them (copies of its last, padding, row).
-    # Not combined with the grounding, order and place losses (their token positions are one copy's).
+    # Not combined with the grounding and place losses (their token positions are one copy's).
     # Tried at 2 for 8,000 steps from release 10: the first noun's state then says its side (probe
     # 1.000), the U-Net still ignores it (order right 0.51); eval 0.817 (benchmarks/builtin_training.md).
     prompt_repeat: int = 1
@@ -698,8 +698,9 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
     if cfg.prompt_repeat < 1:
         raise UsageError(f"prompt_repeat {cfg.prompt_repeat} must be 1 or more (1 = each caption once)")
     if cfg.prompt_repeat > 1:
-        losses = [n for n in ("ground_weight", "order_weight", "place_weight", "end_place_weight")
-                  if getattr(cfg, n) > 0]  # fmt: skip
+        # these two read words at their token positions in a single copy; the order loss (whole
+        # swapped captions) and the end-of-text loss (the first EOS) work on repeated text as well
+        losses = [n for n in ("ground_weight", "place_weight") if getattr(cfg, n) > 0]
         if losses:
             raise UsageError(
                 f"prompt_repeat {cfg.prompt_repeat} cannot be combined with {', '.join(losses)} "
