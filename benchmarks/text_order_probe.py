@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from latentgen import load_model
+from latentgen.tokenizer import repeat_prompt
 from latentgen.world import KINDS
 from latentgen.world.prompts import COLOUR_NAMES
 
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     y = np.array([rel == RELATIONS[0] for *_, rel in rows])
     # a model trained with prompt_repeat=2 reads prompts as "echo" does
     report: dict = {"model": args.model, "prompt_repeat": model.source.prompt_repeat, "prompts": len(rows)}
-    for mode, texts in (("plain", prompts), ("echo", [f"{p} {p}" for p in prompts])):
+    for mode, texts in (("plain", prompts), ("echo", [repeat_prompt(p, 2) for p in prompts])):
         first, second = noun_states(model, texts, nouns)
         report[mode] = {
             "first_noun": held_out_accuracy(first, y, nouns),

@@ -175,7 +175,7 @@ def test_prompt_repeat_model_reads_each_prompt_twice(tiny_model_dir, tiny_model,
             steps=3,
             guidance=5.0,
             seed=3,
-        )  # fmt: skip
+        )
     )
     (once,) = Pipeline(tiny_model).generate(req)
     assert np.array_equal(pixels([ours.image]), pixels([doubled.image]))

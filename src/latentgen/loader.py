@@ -76,7 +76,7 @@ class ModelSource:
     def prompt_repeat(self) -> int:
         """How many times the text encoder reads each prompt (latentgen.json ``prompt_repeat``; 1 for
         any other model). Checked when the folder is read."""
-        return int(self.extra.get("prompt_repeat", 1))
+        return self.extra.get("prompt_repeat", 1)
 
 
 @dataclass

@@ -219,33 +219,36 @@ class Pipeline:
             self._emb_cache[text] = emb
         return emb
 
+    def _room(self) -> int:
+        """Tokens one copy of a prompt may use: the limit less BOS and EOS, shared by the copies."""
+        return (self.model.tokenizer.model_max_length - 2) // self.model.source.prompt_repeat
+
+    def _split(self, text: str) -> tuple[str, str]:
+        """``text`` as (the part the text encoder sees in each copy, the part beyond it or '')."""
+        tok, room = self.model.tokenizer, self._room()
+        ids = tok(text, truncation=False, add_special_tokens=False).input_ids
+        if len(ids) <= room:
+            return text, ""
+        return tok.decode(ids[:room]).strip(), tok.decode(ids[room:]).strip()
+
     def model_text(self, text: str) -> str:
         """What the text encoder is given for ``text``: the prompt itself, or for a model trained with
         ``prompt_repeat`` the prompt cut to one copy's share of the tokens and repeated."""
         times = self.model.source.prompt_repeat
-        if times == 1:
-            return text
-        tok = self.model.tokenizer
-        ids = tok(text, truncation=False, add_special_tokens=False).input_ids
-        room = (tok.model_max_length - 2) // times
-        return repeat_prompt(tok.decode(ids[:room]).strip() if len(ids) > room else text, times)
+        return text if times == 1 else repeat_prompt(self._split(text)[0], times)
 
     def dropped_text(self, text: str) -> str:
         """The part of ``text`` the text encoder cannot see (beyond its token limit), or ''."""
-        tok = self.model.tokenizer
-        ids = tok(text, truncation=False, add_special_tokens=False).input_ids
-        room = (tok.model_max_length - 2) // self.model.source.prompt_repeat  # BOS and EOS; each copy
-        return tok.decode(ids[room:]).strip() if len(ids) > room else ""
+        return self._split(text)[1]
 
     def warn_about_prompt(self, prompt: str) -> None:
         dropped = self.dropped_text(prompt)
         if dropped:
+            times = self.model.source.prompt_repeat
             log.warning(
                 "prompt is longer than the text encoder's %d tokens%s; dropped: %r",
-                (self.model.tokenizer.model_max_length - 2) // self.model.source.prompt_repeat + 2,
-                f" (it reads each prompt {self.model.source.prompt_repeat} times)"
-                if self.model.source.prompt_repeat > 1
-                else "",
+                self._room() + 2,
+                f" (it reads each prompt {times} times)" if times > 1 else "",
                 dropped,
             )
         vocab = self.model.source.vocabulary

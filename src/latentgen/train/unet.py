@@ -384,10 +384,10 @@ def encode_dataset(
         swapped = {c: s for c in captions if (s := swap_subjects(c)) is not None}
     distinct = [""] + sorted(captions | set(swapped.values()))
     row = {c: i for i, c in enumerate(distinct)}
-    read = [repeat_prompt(c, prompt_repeat) for c in distinct]
+    read = distinct if prompt_repeat == 1 else [repeat_prompt(c, prompt_repeat) for c in distinct]
     enc = tokenizer(read, padding="max_length", max_length=max_tokens, truncation=True)
-    lengths = [len(ids) for ids in tokenizer(distinct)["input_ids"]]
-    read_lengths = [len(ids) for ids in tokenizer(read)["input_ids"]]
+    lengths = [len(ids) for ids in tokenizer(distinct)["input_ids"]]  # one copy's, for token_objects
+    read_lengths = lengths if read is distinct else [len(ids) for ids in tokenizer(read)["input_ids"]]
     too_long = [c for c, n in zip(read, read_lengths, strict=True) if n > max_tokens]
     if too_long:
         log.warning(
