@@ -28,6 +28,9 @@ state (what the U-Net reads) in "a red A above a blue B" and "a red A below a bl
 of"/"right of"): a cosine of 1 means the text never says which side B is on, so no U-Net could
 tell the two prompts' layouts apart by that word.
 
+Images are made at the model's defaults, layout guidance (``latentgen.layout``) included where the
+model turns it on; ``--layout-strength 0`` probes the weights alone.
+
     python benchmarks/relation_probe.py --model builtin
     python benchmarks/relation_probe.py --model PATH --seeds 4 --json probe.json
 
@@ -88,7 +91,14 @@ def outcome(side: bool | str) -> str:
 
 
 @torch.no_grad()
-def probe(model, seeds: int, kinds=KINDS, steps: int | None = None, guidance: float | None = None) -> dict:
+def probe(
+    model,
+    seeds: int,
+    kinds=KINDS,
+    steps: int | None = None,
+    guidance: float | None = None,
+    layout_strength: float | None = None,
+) -> dict:
     pipe = Pipeline(model)
     counts = {r: Counter() for r in RELATIONS}
     swapped = {r: Counter() for r in RELATIONS}  # "same" / "swapped" layouts of P and Q per seed
@@ -96,7 +106,14 @@ def probe(model, seeds: int, kinds=KINDS, steps: int | None = None, guidance: fl
         p, q = f"a red {a} {relation} a blue {b}", f"a blue {b} {relation} a red {a}"
         sides = []
         for prompt, subject, obj in ((p, a, b), (q, b, a)):
-            request = GenerationRequest(prompt, seed=0, num_images=seeds, steps=steps, guidance=guidance)
+            request = GenerationRequest(
+                prompt,
+                seed=0,
+                num_images=seeds,
+                steps=steps,
+                guidance=guidance,
+                layout_strength=layout_strength,
+            )
             made = pipe.generate(request, batch_size=seeds)
             sides.append([subject_side(read_image(g.image), subject, obj, relation) for g in made])
         for side_p, side_q in zip(*sides, strict=True):
@@ -215,6 +232,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated; every pair is asked")
     ap.add_argument("--steps", type=int, default=None, help="default: the model's")
     ap.add_argument("--guidance", type=float, default=None, help="default: the model's")
+    ap.add_argument(
+        "--layout-strength",
+        type=float,
+        default=None,
+        help="layout guidance (default: the model's; 0: the model alone)",
+    )
     ap.add_argument("--scenes", type=int, default=40, help="rendered pairs for the error gaps (0: skip)")
     ap.add_argument("--timesteps", default="300,500,700,900", help="noise levels for the error gaps")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -226,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     if len(kinds) < 2 or not set(kinds) <= set(KINDS):
         ap.error(f"--kinds {args.kinds!r}: give two or more of {', '.join(KINDS)}")
     model = load_model(args.model, device="cpu", dtype="fp32")
-    rows = summary(probe(model, args.seeds, kinds, args.steps, args.guidance))
+    rows = summary(probe(model, args.seeds, kinds, args.steps, args.guidance, args.layout_strength))
     print("| relation | right | reversed | wrong axis | missing | order right | same layout under swap |")
     print("|---|---|---|---|---|---|---|")
     for relation, r in rows.items():
@@ -256,7 +279,15 @@ def main(argv: list[str] | None = None) -> dict:
     for pair, cosine in end.items():
         print(f"| {pair} | {cosine:.3f} |")
     if args.json:
-        settings = {"seeds": args.seeds, "kinds": kinds, "steps": args.steps, "guidance": args.guidance}
+        settings = {
+            "seeds": args.seeds,
+            "kinds": kinds,
+            "steps": args.steps,
+            "guidance": args.guidance,
+            "layout_strength": GenerationRequest("x", layout_strength=args.layout_strength)
+            .resolve(model.source)
+            .layout_strength,
+        }
         tables = {"rows": rows, "error_gaps": gaps, "text_sides": sides, "text_end": end}
         record = {"model": args.model, **settings, **tables}
         args.json.write_text(json.dumps(record, indent=2) + "\n")

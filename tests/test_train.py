@@ -366,7 +366,13 @@ def test_export_writes_a_diffusers_folder_that_reloads(unet_run, tmp_path):
     from transformers import CLIPTextModel, CLIPTokenizer
 
     out = export_model(
-        unet_run, tmp_path / "model", steps=30, guidance=4.0, inpaint_steps=40, family="builtin"
+        unet_run,
+        tmp_path / "model",
+        steps=30,
+        guidance=4.0,
+        inpaint_steps=40,
+        layout_strength=5.0,
+        family="builtin",
     )
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
@@ -381,6 +387,7 @@ def test_export_writes_a_diffusers_folder_that_reloads(unet_run, tmp_path):
     assert sched["latentgen_default_steps"] == 30 and sched["latentgen_default_guidance"] == 4.0
     assert sched["latentgen_default_sampler"] == "dpm-solver" and sched["beta_schedule"] == "scaled_linear"
     assert sched["latentgen_inpaint_steps"] == 40 and "latentgen_inpaint_guidance" not in sched
+    assert sched["latentgen_default_layout_strength"] == 5.0
     assert sched["prediction_type"] == "v_prediction" and sched["num_train_timesteps"] == 1000
 
     unet = UNet2DConditionModel.from_pretrained(out / "unet", use_safetensors=True)

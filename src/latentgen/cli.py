@@ -50,6 +50,12 @@ NegativeOpt = Annotated[str | None, typer.Option("--negative", "-n", help="What 
 StepsOpt = Annotated[int | None, typer.Option(help="Sampler steps (default: the model's).")]
 GuidanceOpt = Annotated[float | None, typer.Option(help="Classifier-free guidance; ≤ 1 turns it off.")]
 SamplerOpt = Annotated[str | None, typer.Option(help="ddim, dpm-solver, euler, euler-a, unipc.")]
+LayoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Layout guidance: 'above', 'left of'... place their nouns; 0 turns it off (default: the model's)."
+    ),
+]
 KarrasOpt = Annotated[bool | None, typer.Option("--karras/--no-karras", help="Karras sigmas.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed of image 0; image i uses seed+i. Default: random.")]
 NumImagesOpt = Annotated[int | None, typer.Option("--num-images", "-N", help="How many images.")]
@@ -77,6 +83,7 @@ def generate(
     guidance: GuidanceOpt = None,
     sampler: SamplerOpt = None,
     karras: KarrasOpt = None,
+    layout_strength: LayoutOpt = None,
     seed: SeedOpt = None,
     width: Annotated[int | None, typer.Option(help="Pixels (default: the model's).")] = None,
     height: Annotated[int | None, typer.Option(help="Pixels (default: the model's).")] = None,
@@ -137,6 +144,7 @@ def generate(
         "guidance": guidance,
         "sampler": sampler,
         "karras": karras,
+        "layout_strength": layout_strength,
         "seed": seed,
         "width": width,
         "height": height,
@@ -206,6 +214,7 @@ def inpaint(
     guidance: GuidanceOpt = None,
     sampler: SamplerOpt = None,
     karras: KarrasOpt = None,
+    layout_strength: LayoutOpt = None,
     seed: SeedOpt = None,
     num_images: NumImagesOpt = None,
     batch_size: BatchSizeOpt = 1,
@@ -233,6 +242,7 @@ def inpaint(
         "guidance": guidance,
         "sampler": sampler,
         "karras": karras,
+        "layout_strength": layout_strength,
         "seed": seed,
         "num_images": num_images,
     }
@@ -318,6 +328,9 @@ def batch(
     guidance: Annotated[float | None, typer.Option(help="Default guidance.")] = None,
     sampler: Annotated[str | None, typer.Option(help="Default sampler.")] = None,
     karras: Annotated[bool, typer.Option("--karras/--no-karras", help="Karras sigmas.")] = False,
+    layout_strength: Annotated[
+        float | None, typer.Option(help="Default layout guidance strength (0: off).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Default seed of each line's image 0 (image i: seed+i).")] = 0,
     width: Annotated[int | None, typer.Option(help="Default width.")] = None,
     height: Annotated[int | None, typer.Option(help="Default height.")] = None,
@@ -353,6 +366,7 @@ def batch(
         ("steps", steps),
         ("guidance", guidance),
         ("sampler", sampler),
+        ("layout_strength", layout_strength),
     ):
         if value is not None:
             defaults[key] = value
@@ -491,6 +505,7 @@ def eval_(
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance.")] = None,
     sampler: SamplerOpt = None,
     karras: Annotated[bool, typer.Option("--karras/--no-karras", help="Karras sigmas.")] = False,
+    layout_strength: LayoutOpt = None,
     seed: Annotated[int, typer.Option(help="Image j of every prompt uses seed + j.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per U-Net batch.")] = 32,
     limit: Annotated[int | None, typer.Option(help="Prompts per category (default: all).")] = None,
@@ -513,6 +528,7 @@ def eval_(
         guidance=guidance,
         sampler=sampler,
         karras=karras,
+        layout_strength=layout_strength,
         batch_size=batch_size,
         prompts_per_category=limit,
     )
@@ -617,6 +633,9 @@ def train_export_cmd(
     inpaint_guidance: Annotated[
         float | None, typer.Option(help="Default guidance for inpainting, if not --guidance.")
     ] = None,
+    layout_strength: Annotated[
+        float, typer.Option(help="Default layout guidance strength written into the model (0: off).")
+    ] = 0.0,
     family: Annotated[str | None, typer.Option(help="Family name recorded in latentgen.json.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
@@ -632,6 +651,7 @@ def train_export_cmd(
         sampler=sampler,
         inpaint_steps=inpaint_steps,
         inpaint_guidance=inpaint_guidance,
+        layout_strength=layout_strength,
         family=family,
         overwrite=overwrite,
     )

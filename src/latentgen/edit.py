@@ -414,7 +414,15 @@ def iter_edit(
     req, edit = job.request, job.edit
     extra_channels = _extra_unet_channels(m)
     pipe.warn_about_prompt(req.prompt)
-    settings = Settings(job.canvas.width, job.canvas.height, req.steps, req.guidance, req.sampler, req.karras)
+    settings = Settings(
+        job.canvas.width,
+        job.canvas.height,
+        req.steps,
+        req.guidance,
+        req.sampler,
+        req.karras,
+        req.layout_strength,
+    )
     # 4. The VAE encodings every batch shares (sampled per image in the hooks).
     with torch.inference_mode():
         inputs = _encode_inputs(m, job, extra_channels)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class ModelDefaults:
     # Inpainting may want others (the built-in model: more steps, less guidance); None: the above.
     inpaint_steps: int | None = None
     inpaint_guidance: float | None = None
+    layout_strength: float = 0.0  # layout guidance (latentgen.layout); on only where measured
 
 
 @dataclass
@@ -200,6 +202,12 @@ def _read_folder(name: str, path: Path) -> ModelSource:
             "re-export the model or remove the key"
         )
 
+    layout = sched_cfg.get("latentgen_default_layout_strength", ModelDefaults.layout_strength)
+    if isinstance(layout, bool) or not isinstance(layout, int | float) or not 0 <= layout < math.inf:
+        raise ModelLoadError(
+            f"{path / 'scheduler' / 'scheduler_config.json'}: latentgen_default_layout_strength {layout!r} must be "
+            "a number, 0 or more; re-export the model or remove the key"
+        )
     vae_factor = 2 ** (len(vae_cfg.get("block_out_channels", [0, 0, 0, 0])) - 1)
     sample = unet_cfg.get("sample_size", 64)
     sample = sample[0] if isinstance(sample, list | tuple) else sample
@@ -209,6 +217,7 @@ def _read_folder(name: str, path: Path) -> ModelSource:
         sampler=Sampler(sched_cfg.get("latentgen_default_sampler", ModelDefaults.sampler.value)),
         inpaint_steps=_optional(int, sched_cfg.get("latentgen_inpaint_steps")),
         inpaint_guidance=_optional(float, sched_cfg.get("latentgen_inpaint_guidance")),
+        layout_strength=float(layout),
     )
     return ModelSource(
         name=name,

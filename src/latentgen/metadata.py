@@ -76,6 +76,8 @@ def a1111_parameters(gen: GeneratedImage) -> str:
         ("Model hash", gen.model_hash[:10]),
         ("Model", _a1111_value(Path(gen.model_name).name or gen.model_name)),
     ]
+    if r.layout_strength:
+        fields.append(("Layout strength", f"{r.layout_strength:g}"))
     if gen.edit is not None:
         fields.append(("Denoising strength", f"{gen.edit.strength:g}"))
         if gen.edit.mode is EditMode.INPAINT:
@@ -126,7 +128,8 @@ def read_text_chunks(path: str | os.PathLike) -> dict[str, str]:
 
 
 def request_of(rec: dict[str, Any]) -> GenerationRequest:
-    return GenerationRequest.from_dict(rec["request"])
+    # Records written before layout guidance existed have no "layout_strength": it was off then.
+    return GenerationRequest.from_dict({"layout_strength": 0.0, **rec["request"]})
 
 
 def edit_of(rec: dict[str, Any]) -> EditRequest | None:

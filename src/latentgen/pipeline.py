@@ -23,6 +23,7 @@ from PIL import Image
 
 from latentgen.devices import dtype_name
 from latentgen.errors import NonFiniteError, UsageError
+from latentgen.layout import LayoutBias, bias_map, layout_attention, token_placements
 from latentgen.loader import Model
 from latentgen.request import GenerationRequest
 from latentgen.samplers import Sampler, build_scheduler, is_stochastic, scheduler_state, step_back
@@ -47,10 +48,13 @@ class Settings:
     guidance: float
     sampler: Sampler
     karras: bool = False
+    layout_strength: float = 0.0  # layout guidance (layout.py); 0: off
 
     @classmethod
     def of(cls, req: GenerationRequest) -> Settings:
-        return cls(req.width, req.height, req.steps, req.guidance, req.sampler, req.karras)
+        return cls(
+            req.width, req.height, req.steps, req.guidance, req.sampler, req.karras, req.layout_strength
+        )
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class Pipeline:
     def __init__(self, model: Model):
         self.model = model
         self._emb_cache: dict[str, torch.Tensor] = {}
+        self._placement_cache: dict[str, dict[int, tuple[int, int]]] = {}
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -166,8 +171,10 @@ class Pipeline:
             else:
                 latents, timesteps = start(noise, scheduler, timesteps)
 
-            # 6. Sampler loop, CFG in one batched U-Net call.
+            # 6. Sampler loop, CFG in one batched U-Net call; layout guidance biases the
+            # conditional rows of prompts with a relation ("above", "left of").
             text_emb = torch.cat([uncond, cond]) if do_cfg else cond  # [2B or B, T, D]
+            guide = self.layout_guide(jobs, settings, first_row=len(jobs) if do_cfg else 0)
             step_kwargs = {"generator": generators} if is_stochastic(settings.sampler) else {}
 
             def denoise(i: int, t, latents: torch.Tensor) -> torch.Tensor:
@@ -182,19 +189,52 @@ class Pipeline:
                 latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
                 return latents if after_step is None else after_step(i, t, latents)
 
-            for i, t in enumerate(timesteps):
-                if i < len(timesteps) - 1:  # resampling: extra rounds, each stepped back
-                    for _ in range(resample - 1):
-                        state = scheduler_state(scheduler)
-                        stepped = denoise(i, t, latents)
-                        latents = step_back(scheduler, state, stepped, timesteps[i + 1], t, generators)
-                latents = denoise(i, t, latents)
-                if progress is not None:
-                    progress(i + 1, len(timesteps))
+            with layout_attention(m.unet, guide):
+                for i, t in enumerate(timesteps):
+                    if i < len(timesteps) - 1:  # resampling: extra rounds, each stepped back
+                        for _ in range(resample - 1):
+                            state = scheduler_state(scheduler)
+                            stepped = denoise(i, t, latents)
+                            latents = step_back(scheduler, state, stepped, timesteps[i + 1], t, generators)
+                    latents = denoise(i, t, latents)
+                    if progress is not None:
+                        progress(i + 1, len(timesteps))
 
             # 7–8. Decode, with a check for non-finite values.
             pixels, notes = self.decode(latents)  # [B, 3, H, W] in [-1, 1]
         return to_pil(pixels), notes
+
+    def layout_guide(self, jobs: Sequence[Job], settings: Settings, first_row: int) -> LayoutBias | None:
+        """The cross-attention bias for ``jobs`` (rows ``first_row + j`` of the U-Net batch), or None
+        when layout guidance is off or no prompt has a relation to place."""
+        if settings.layout_strength <= 0:
+            return None
+        factor = self.model.source.vae_scale_factor
+        h, w = settings.height // factor, settings.width // factor
+        length = self.model.tokenizer.model_max_length
+        maps, rows = [], []
+        for j, job in enumerate(jobs):
+            tokens = self.placements(job.prompt)
+            if tokens:
+                maps.append(bias_map(tokens, length, h, w))
+                rows.append(first_row + j)
+        if not maps:
+            return None
+        bias = torch.stack(maps).to(self.model.device) * settings.layout_strength  # [R, T, h, w]
+        return LayoutBias(bias, rows)
+
+    def placements(self, prompt: str) -> dict[int, tuple[int, int]]:
+        """Token index → (axis, side) for the words a relation in ``prompt`` places, as the text
+        encoder sees the prompt (cut to its limit, repeated for a ``prompt_repeat`` model)."""
+        found = self._placement_cache.get(prompt)
+        if found is None:
+            copies = self.model.source.prompt_repeat
+            kept = prompt if copies == 1 else self._split(prompt)[0]
+            found = token_placements(self.model.tokenizer, kept, copies)
+            if len(self._placement_cache) > 1024:
+                self._placement_cache.clear()
+            self._placement_cache[prompt] = found
+        return found
 
     def encode(self, text: str) -> torch.Tensor:
         """Text embeddings ``[1, T, D]`` for one prompt, cached per pipeline."""

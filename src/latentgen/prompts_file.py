@@ -33,6 +33,7 @@ FIELDS = (
     "width",
     "height",
     "num_images",
+    "layout_strength",
     "name",
 )
 INT_FIELDS = ("seed", "steps", "width", "height", "num_images")
@@ -148,11 +149,11 @@ def typed_fields(values: dict[str, Any]) -> dict[str, Any]:
             continue
         if key in INT_FIELDS:
             out[key] = _as_int(key, value)
-        elif key == "guidance":
+        elif key in ("guidance", "layout_strength"):
             try:
                 out[key] = float(value)
             except (TypeError, ValueError):
-                raise UsageError(f"guidance {value!r} is not a number") from None
+                raise UsageError(f"{key} {value!r} is not a number") from None
         elif key in ("prompt", "negative", "sampler", "name"):
             if not isinstance(value, str):
                 raise UsageError(f"{key} must be text, got {value!r}")

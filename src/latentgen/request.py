@@ -36,6 +36,7 @@ class GenerationRequest:
     width: int | None = None  # pixels; default from the model
     height: int | None = None
     num_images: int = 1
+    layout_strength: float | None = None  # layout guidance (latentgen.layout); 0: off; default: the model's
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -63,6 +64,9 @@ class GenerationRequest:
             width=self.width if self.width is not None else source.default_size,
             height=self.height if self.height is not None else source.default_size,
             seed=self.seed if self.seed is not None else random_seed(),
+            layout_strength=(
+                self.layout_strength if self.layout_strength is not None else source.defaults.layout_strength
+            ),
         )
         validate(req, source.vae_scale_factor)
         return req
@@ -88,6 +92,11 @@ def validate(req: GenerationRequest, vae_factor: int) -> None:
     g = req.guidance
     if isinstance(g, bool) or not isinstance(g, int | float) or not math.isfinite(g) or g < 0:
         raise UsageError(f"guidance {g!r} is invalid; use a number ≥ 0 (7.5 is typical, ≤ 1 disables CFG)")
+    lay = req.layout_strength
+    if isinstance(lay, bool) or not isinstance(lay, int | float) or not math.isfinite(lay) or lay < 0:
+        raise UsageError(
+            f"layout strength {lay!r} is invalid; use a number ≥ 0 (0 turns layout guidance off)"
+        )
     seed = req.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
         raise UsageError(f"seed {seed!r} is out of range; use an integer in [0, 2^64)")

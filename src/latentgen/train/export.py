@@ -50,6 +50,7 @@ def export_model(
     sampler: str = "dpm-solver",  # latentgen_default_sampler: a latentgen.samplers.Sampler value
     inpaint_steps: int | None = None,  # latentgen_inpaint_steps; None: inpainting uses ``steps``
     inpaint_guidance: float | None = None,  # latentgen_inpaint_guidance; None: ``guidance``
+    layout_strength: float = 0.0,  # latentgen_default_layout_strength (latentgen.layout); 0: off
     family: str | None = None,  # written to latentgen.json, e.g. "builtin"
     overwrite: bool = False,
 ) -> Path:
@@ -100,6 +101,8 @@ def export_model(
         latentgen_default_guidance=guidance,
         latentgen_default_sampler=sampler_name.value,
     )
+    if layout_strength:
+        scheduler.register_to_config(latentgen_default_layout_strength=layout_strength)
     inpaint = {"latentgen_inpaint_steps": inpaint_steps, "latentgen_inpaint_guidance": inpaint_guidance}
     scheduler.register_to_config(**{k: v for k, v in inpaint.items() if v is not None})
     scheduler.save_config(tmp / "scheduler")
