@@ -1,7 +1,9 @@
 """latentgen against diffusers' StableDiffusionPipeline on the same model, in one process, alternating.
 
 Measures seconds per image for 1 and 16 images per call (``--sizes``) at the model's default sampler,
-steps and guidance (CFG on), the ratio latentgen/diffusers (below 1 means latentgen is faster), and
+steps and guidance (CFG on), the ratio latentgen/diffusers (below 1 means latentgen is faster), with
+latentgen's layout guidance at the model's default (the prompt has a relation, so it is at work where
+the model turns it on) and off (the same computation as diffusers), and
 the wall time and peak resident memory of one whole ``latentgen generate`` process (interpreter
 start + import + load + generate + write) for the same sizes.
 
@@ -76,8 +78,11 @@ def main() -> None:
     size = model.source.default_size
     sizes = [int(n) for n in args.sizes.split(",")]
 
-    def run_ours(n: int):
-        ours.generate(replace(base, num_images=n), batch_size=n)
+    def run_ours(n: int, layout: float | None = None):
+        request = replace(base, num_images=n)
+        if layout is not None:
+            request = replace(request, layout_strength=layout)
+        ours.generate(request, batch_size=n)
 
     def run_theirs(n: int):
         theirs(
@@ -91,16 +96,20 @@ def main() -> None:
 
     results = {}
     for n in sizes:
-        run_ours(n), run_theirs(n)  # warm-up
-        t_ours, t_theirs = [], []
-        for _ in range(args.repeats):  # alternate, so drift in machine load hits both alike
+        run_ours(n), run_ours(n, 0.0), run_theirs(n)  # warm-up
+        t_ours, t_off, t_theirs = [], [], []
+        for _ in range(args.repeats):  # alternate, so drift in machine load hits all alike
             t_ours.append(timed(lambda n=n: run_ours(n)) / n)
+            t_off.append(timed(lambda n=n: run_ours(n, 0.0)) / n)
             t_theirs.append(timed(lambda n=n: run_theirs(n)) / n)
         results[f"{n}_images"] = {
             "latentgen_s_per_image": statistics.median(t_ours),
+            "latentgen_layout_off_s_per_image": statistics.median(t_off),
             "diffusers_s_per_image": statistics.median(t_theirs),
             "ratio_latentgen_over_diffusers": statistics.median(t_ours) / statistics.median(t_theirs),
+            "ratio_layout_off_over_diffusers": statistics.median(t_off) / statistics.median(t_theirs),
             "runs_latentgen": t_ours,
+            "runs_latentgen_layout_off": t_off,
             "runs_diffusers": t_theirs,
         }
 
@@ -137,6 +146,7 @@ def main() -> None:
         "steps": steps,
         "sampler": sampler.value,
         "guidance": guidance,
+        "layout_strength": base.layout_strength,
         "device": "cpu",
         "dtype": "fp32",
         "torch_threads": torch.get_num_threads(),
@@ -153,16 +163,20 @@ def main() -> None:
         "# `make bench`: latentgen vs diffusers StableDiffusionPipeline",
         "",
         f"Model: {model_label}, {size}×{size}, {steps} steps {sampler.value}, CFG {guidance}, CPU fp32, "
-        f"{torch.get_num_threads()} threads, median of {args.repeats} alternating runs.",
+        f"{torch.get_num_threads()} threads, median of {args.repeats} alternating runs. Prompt "
+        f"{PROMPT!r}; latentgen at the model's layout guidance strength ({base.layout_strength:g}) and "
+        "with it off (0: the same computation as diffusers).",
         "",
-        "| images per call | latentgen s/image | diffusers s/image | ratio latentgen/diffusers |",
-        "|---|---|---|---|",
+        "| images per call | latentgen s/image | latentgen, layout off | diffusers s/image "
+        "| ratio latentgen/diffusers | ratio layout off/diffusers |",
+        "|---|---|---|---|---|---|",
     ]
     for n in sizes:
         r = results[f"{n}_images"]
         lines.append(
-            f"| {n} | {r['latentgen_s_per_image']:.3f} | {r['diffusers_s_per_image']:.3f} | "
-            f"{r['ratio_latentgen_over_diffusers']:.2f} |"
+            f"| {n} | {r['latentgen_s_per_image']:.3f} | {r['latentgen_layout_off_s_per_image']:.3f} | "
+            f"{r['diffusers_s_per_image']:.3f} | {r['ratio_latentgen_over_diffusers']:.2f} | "
+            f"{r['ratio_layout_off_over_diffusers']:.2f} |"
         )
     lines += [
         "",

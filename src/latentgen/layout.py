@@ -18,7 +18,8 @@ guidance only, at every step. Prompts without a relation, and the unconditional 
 the unbiased computation.
 
 Relations read (``RELATION_PHRASES``): "above", "over", "below", "under", "beneath", "underneath",
-"[to the | on the] left of", "[to the | on the] right of". A noun phrase is the run of words next to
+"[to the | on the] left of", "[to the | on the] right of", and "next to" and "beside", which put the
+first noun on the left (either side would be true of them). A noun phrase is the run of words next to
 the relation up to a comma or full stop, "and", or (after it) "on", "in" and "at", without function
 words ("a", "the", ...): "a cat wearing a hat above a dog on a white background" gives cat and hat
 the top, dog the bottom.
@@ -49,6 +50,9 @@ RELATION_PHRASES: dict[tuple[str, ...], tuple[int, int]] = {
     ("to", "the", "right", "of"): (1, 1),
     ("on", "the", "right", "of"): (1, 1),
     ("right", "of"): (1, 1),
+    # Either side would be true; reading order picks the first noun's (left)
+    ("next", "to"): (1, -1),
+    ("beside",): (1, -1),
 }
 _BY_LENGTH = sorted(RELATION_PHRASES, key=len, reverse=True)  # "to the left of" before "left of"
 _STOP = {"a", "an", "the", "one", "single", "of", "to", "with", "wearing"}  # not a noun's own words
