@@ -243,3 +243,18 @@ def test_prompt_file_lines_and_batch_default_set_the_strength(run_cli, tiny_mode
     assert code == 1 and "line 3: layout_strength 'strong' is not a number" in err
     strengths = sorted(read(p)["request"]["layout_strength"] for p in stdout.split())
     assert strengths == [2.0, 7.0]
+
+
+def test_a_model_reading_prompts_twice_places_both_copies(tiny_model_dir, tmp_path):
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    (folder / "latentgen.json").write_text(json.dumps({"prompt_repeat": 2}))
+    model = load_model(folder, device="cpu", dtype="fp32")
+    pipe, tok = Pipeline(model), model.tokenizer
+    ids = tok(pipe.model_text("a cat above a star")).input_ids
+    placed_tokens = pipe.placements("a cat above a star")
+    assert sorted((tok.decode([ids[k]]), side) for k, side in placed_tokens.items()) == [
+        ("cat", UP),
+        ("cat", UP),
+        ("star", DOWN),
+        ("star", DOWN),
+    ]
