@@ -258,3 +258,13 @@ def test_a_model_reading_prompts_twice_places_both_copies(tiny_model_dir, tmp_pa
         ("star", DOWN),
         ("star", DOWN),
     ]
+
+
+def test_layout_runs_in_fp16(tiny_model_dir):
+    """The GPU path's dtype, on the CPU: the bias is cast to the half-precision scores."""
+    model = load_model(tiny_model_dir, device="cpu", dtype="fp16")
+    pipe = Pipeline(model)
+    on = pipe.generate(req("a cat above a star", 6.0))[0].image
+    off = pipe.generate(req("a cat above a star", 0.0))[0].image
+    arr = np.asarray(on, dtype=np.int16)
+    assert arr.std() > 0 and np.abs(arr - np.asarray(off, dtype=np.int16)).max() > 0
