@@ -92,23 +92,27 @@ def test_bias_map_points_each_placed_token_to_its_side():
     ("h", "w", "q", "grid"), [(16, 16, 64, (8, 8)), (15, 9, 12, (4, 3)), (15, 9, 135, (15, 9))]
 )
 def test_bias_is_pooled_to_each_layers_grid(h, w, q, grid):
-    bias = torch.randn(2, 5, h, w)
-    guide = LayoutBias(bias, rows=[1, 3])
+    bias = torch.randn(4, 5, h, w)
+    guide = LayoutBias(bias)
     level = guide.at(torch.zeros(4, q, 8))
-    assert level.shape == (2, q, 5)
+    assert level.shape == (4, q, 5)
     expected = torch.nn.functional.adaptive_avg_pool2d(bias, grid).flatten(2).transpose(1, 2)
     assert torch.allclose(level, expected)
+    assert guide.at(torch.zeros(4, q, 8, dtype=torch.float16)).dtype == torch.float16
     with pytest.raises(ValueError, match="cannot place"):
         guide.at(torch.zeros(4, q + 1, 8))
+    with pytest.raises(ValueError, match="batch of 4"):
+        guide.at(torch.zeros(3, q, 8))
 
 
-def test_biased_rows_get_softmax_of_scores_plus_bias_and_the_rest_are_untouched():
+def test_scores_get_the_bias_before_the_softmax_and_zero_rows_are_unbiased():
     torch.manual_seed(0)
     attn = Attention(query_dim=8, cross_attention_dim=6, heads=2, dim_head=4)
     attn.set_processor(AttnProcessor2_0())
     hidden, text = torch.randn(3, 16, 8), torch.randn(3, 5, 6)
-    bias = torch.randn(1, 5, 4, 4) * 3
-    wrapped = _BiasedCrossAttention(AttnProcessor2_0(), LayoutBias(bias, rows=[2]))
+    bias = torch.zeros(3, 5, 4, 4)
+    bias[2] = torch.randn(5, 4, 4) * 3
+    wrapped = _BiasedCrossAttention(AttnProcessor2_0(), LayoutBias(bias))
     with torch.no_grad():
         ours = wrapped(attn, hidden, text)
         plain = attn(hidden, text)
@@ -116,10 +120,10 @@ def test_biased_rows_get_softmax_of_scores_plus_bias_and_the_rest_are_untouched(
         q = attn.to_q(hidden[2]).view(16, 2, 4).transpose(0, 1)
         k = attn.to_k(text[2]).view(5, 2, 4).transpose(0, 1)
         v = attn.to_v(text[2]).view(5, 2, 4).transpose(0, 1)
-        b = bias[0].flatten(1).T  # [Q, T]
+        b = bias[2].flatten(1).T  # [Q, T]
         probs = torch.softmax(q @ k.transpose(1, 2) / 2 + b, dim=-1)
         by_hand = attn.to_out[0]((probs @ v).transpose(0, 1).reshape(16, 8))
-    assert torch.equal(ours[:2], plain[:2])
+    assert torch.allclose(ours[:2], plain[:2], atol=1e-6)
     assert torch.allclose(ours[2], by_hand, atol=1e-5)
     assert not torch.allclose(ours[2], plain[2], atol=1e-3)
 

@@ -206,23 +206,22 @@ class Pipeline:
         return to_pil(pixels), notes
 
     def layout_guide(self, jobs: Sequence[Job], settings: Settings, first_row: int) -> LayoutBias | None:
-        """The cross-attention bias for ``jobs`` (rows ``first_row + j`` of the U-Net batch), or None
-        when layout guidance is off or no prompt has a relation to place."""
+        """The cross-attention bias of a U-Net batch whose rows ``first_row + j`` are ``jobs``' prompts
+        (the rows before them, the unconditional half, get none), or None when layout guidance is off
+        or no prompt has a relation to place."""
         if settings.layout_strength <= 0:
+            return None
+        found = [self.placements(job.prompt) for job in jobs]
+        if not any(found):
             return None
         factor = self.model.source.vae_scale_factor
         h, w = settings.height // factor, settings.width // factor
         length = self.model.tokenizer.model_max_length
-        maps, rows = [], []
-        for j, job in enumerate(jobs):
-            tokens = self.placements(job.prompt)
+        bias = torch.zeros(first_row + len(jobs), length, h, w)
+        for j, tokens in enumerate(found):
             if tokens:
-                maps.append(bias_map(tokens, length, h, w))
-                rows.append(first_row + j)
-        if not maps:
-            return None
-        bias = torch.stack(maps).to(self.model.device) * settings.layout_strength  # [R, T, h, w]
-        return LayoutBias(bias, rows)
+                bias[first_row + j] = bias_map(tokens, length, h, w)
+        return LayoutBias(bias.to(self.model.device) * settings.layout_strength)
 
     def placements(self, prompt: str) -> dict[int, tuple[int, int]]:
         """Token index → (axis, side) for the words a relation in ``prompt`` places, as the text
