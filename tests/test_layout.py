@@ -209,20 +209,8 @@ def test_cli_option_sets_strength_and_refuses_bad_values(tiny_model_dir, tmp_pat
     from latentgen.metadata import read
 
     out = tmp_path / "a.png"
-    code, _, err = run_cli(
-        "generate",
-        "a cat above a star",
-        "--model",
-        tiny_model_dir,
-        "--steps",
-        1,
-        "--layout-strength",
-        2.5,
-        "--seed",
-        1,
-        "--out",
-        out,
-    )
+    opts = ("--model", tiny_model_dir, "--steps", 1, "--seed", 1)
+    code, _, err = run_cli("generate", "a cat above a star", *opts, "--layout-strength", 2.5, "--out", out)
     assert code == 0, err
     assert read(out)["request"]["layout_strength"] == 2.5
     code, _, err = run_cli(
