@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -67,6 +68,8 @@ def export_model(
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; choose another folder or pass overwrite")
     sampler_name = Sampler.parse(sampler)
+    if isinstance(layout_strength, bool) or not 0 <= layout_strength < math.inf:
+        raise UsageError(f"layout strength {layout_strength!r} is invalid; use a number ≥ 0 (0: off)")
     cfg = config_from_json(UNetTrainConfig, ckpt.config)
     if ckpt.step < cfg.max_steps:
         log.warning("exporting %s at step %d of %d: training is not finished", run, ckpt.step, cfg.max_steps)
