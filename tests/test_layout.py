@@ -260,3 +260,23 @@ def test_layout_runs_in_fp16(tiny_model_dir):
     off = pipe.generate(req("a cat above a star", 0.0))[0].image
     arr = np.asarray(on, dtype=np.int16)
     assert arr.std() > 0 and np.abs(arr - np.asarray(off, dtype=np.int16)).max() > 0
+
+
+def test_the_log_says_where_the_nouns_go(tiny_model, caplog):
+    import logging
+
+    from latentgen.layout import describe
+
+    assert describe("a red cat wearing a hat above a big star on a white background") == (
+        "red cat hat → top, big star → bottom"
+    )
+    assert describe("a cat next to a star") == "cat → left, star → right"
+    assert describe("a red cat") == ""
+    pipe = Pipeline(tiny_model)
+    with caplog.at_level(logging.INFO, logger="latentgen"):
+        pipe.generate(req("a cat left of a star", 4.0))
+        pipe.generate(req("a cat left of a star", 0.0))
+        pipe.generate(req("a red cat", 4.0))
+    assert [r.getMessage() for r in caplog.records if "layout" in r.getMessage()] == [
+        "layout guidance 4: cat → left, star → right"
+    ]

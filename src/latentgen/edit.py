@@ -414,6 +414,7 @@ def iter_edit(
     req, edit = job.request, job.edit
     extra_channels = _extra_unet_channels(m)
     pipe.warn_about_prompt(req.prompt)
+    pipe.explain_layout(req.prompt, req.layout_strength)
     settings = Settings(
         job.canvas.width,
         job.canvas.height,

@@ -104,6 +104,25 @@ def placements(text: str) -> list[Placement]:
     return [found[k] for k in sorted(found)]
 
 
+SIDE_NAMES = {(0, -1): "top", (0, 1): "bottom", (1, -1): "left", (1, 1): "right"}
+
+
+def describe(text: str) -> str:
+    """What layout guidance does with ``text``, for the log: "red cat → top, dog → bottom" ('' if nothing).
+
+    >>> describe("a red cat above a dog")
+    'red cat → top, dog → bottom'
+    """
+    groups: list[tuple[list[str], tuple[int, int]]] = []
+    for p in placements(text):
+        where = (p.axis, p.side)
+        if groups and groups[-1][1] == where:
+            groups[-1][0].append(text[p.start : p.end])
+        else:
+            groups.append(([text[p.start : p.end]], where))
+    return ", ".join(f"{' '.join(ws)} → {SIDE_NAMES[where]}" for ws, where in groups)
+
+
 def token_placements(tokenizer, text: str, copies: int = 1) -> dict[int, tuple[int, int]]:
     """Token index (in the tokenized text, BOS counted) → (axis, side) for every placed word of ``text``.
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 from latentgen.devices import dtype_name
 from latentgen.errors import NonFiniteError, UsageError
-from latentgen.layout import LayoutBias, bias_map, layout_attention, token_placements
+from latentgen.layout import LayoutBias, bias_map, describe, layout_attention, token_placements
 from latentgen.loader import Model
 from latentgen.request import GenerationRequest
 from latentgen.samplers import Sampler, build_scheduler, is_stochastic, scheduler_state, step_back
@@ -124,6 +124,7 @@ class Pipeline:
                 "channels); use it with `latentgen inpaint`"
             )
         self.warn_about_prompt(req.prompt)
+        self.explain_layout(req.prompt, req.layout_strength)
         settings = Settings.of(req)
         jobs = [Job(req.prompt, req.negative_prompt, req.seed + i) for i in range(req.num_images)]
         for start in range(0, len(jobs), max(1, batch_size)):
@@ -303,6 +304,12 @@ class Pipeline:
                     ", ".join(dict.fromkeys(unknown)),
                     self.model.name,
                 )
+
+    def explain_layout(self, prompt: str, strength: float) -> None:
+        """Log (info) where layout guidance will put the prompt's nouns, if anywhere."""
+        where = describe(prompt) if strength > 0 else ""
+        if where:
+            log.info("layout guidance %g: %s", strength, where)
 
     def decode(self, latents: torch.Tensor) -> tuple[torch.Tensor, tuple[str, ...]]:
         """VAE-decode ``latents [B, C, h, w]`` to pixels ``[B, 3, H, W]``; retry in fp32 on NaN/inf."""
