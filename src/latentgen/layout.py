@@ -14,8 +14,9 @@ For "A above B" the side is the top for A's words and the bottom for B's; for "A
 and right. The bias is 0 across the middle, ``strength`` at the far edge of the noun's own side and
 ``-strength`` at the far edge of the other, in units of attention logits. It is added at every
 cross-attention layer (pooled to each layer's grid), for the conditional half of classifier-free
-guidance only, at every step. Prompts without a relation, and the unconditional half, run exactly
-the unbiased computation.
+guidance only, at every step. A batch with no relation to place runs exactly the unbiased
+computation (the same bytes); in a batch that has one, the other rows (the unconditional half,
+prompts without a relation) add zeros.
 
 Relations read (``RELATION_PHRASES``): "above", "over", "below", "under", "beneath", "underneath",
 "[to the | on the] left of", "[to the | on the] right of", and "next to" and "beside", which put the
