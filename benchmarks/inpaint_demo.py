@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=None, help="default: the model's")
     ap.add_argument("--guidance", type=float, default=None, help="default: the model's")
     ap.add_argument("--sampler", default=None, help="default: the model's")
+    ap.add_argument("--layout-strength", type=float, default=None, help="default: the model's (0: off)")
     ap.add_argument("--strength", type=float, default=1.0)
     ap.add_argument("--resample", type=int, default=None, help="runs of each step; default: latentgen's")
     ap.add_argument("--mask-blur", type=int, default=2)
@@ -124,7 +125,12 @@ def main(argv: list[str] | None = None) -> dict:
         mask.save(mask_path)
 
         request = GenerationRequest(
-            prompt, steps=args.steps, guidance=args.guidance, sampler=args.sampler, seed=args.seed + case
+            prompt,
+            steps=args.steps,
+            guidance=args.guidance,
+            sampler=args.sampler,
+            seed=args.seed + case,
+            layout_strength=args.layout_strength,
         )
         after = inpaint(
             pipe,
@@ -140,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
             "guidance": after.request.guidance,
             "sampler": after.request.sampler.value,
             "resample": after.edit.resample,
+            "layout_strength": after.request.layout_strength,
         }  # as resolved: the model's defaults where not given
         after = after.image
         after.save(cases_dir / f"{case:03d}-after.png")

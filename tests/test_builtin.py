@@ -201,8 +201,9 @@ def test_text_states_carry_the_relation_the_u_net_ignores(text_order_probe):
 
 def test_inpaints_the_asked_object_and_keeps_the_rest(inpaint_demo, tmp_path):
     """benchmarks/inpaint_demo.py's first 8 cases, at the model's own inpainting defaults: release 10
-    gets 7 right (43 of all 50; releases 8 and 9: 7 and 41; release 7: 7 and 39); the unedited images are never
-    accepted, so a model that ignored the prompt inside the mask would get none."""
+    gets 7 right (45 of all 50 with layout guidance, 43 without; releases 8 and 9: 7 and 41; release 7:
+    7 and 39); the unedited images are never accepted, so a model that ignored the prompt inside the
+    mask would get none."""
     threads = str(torch.get_num_threads())
     summary = inpaint_demo.main(["--cases", "8", "--threads", threads, "--out", str(tmp_path)])
     defaults = resolve_model("builtin").defaults
