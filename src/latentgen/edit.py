@@ -415,15 +415,7 @@ def iter_edit(
     extra_channels = _extra_unet_channels(m)
     pipe.warn_about_prompt(req.prompt)
     pipe.explain_layout(req.prompt, req.layout_strength)
-    settings = Settings(
-        job.canvas.width,
-        job.canvas.height,
-        req.steps,
-        req.guidance,
-        req.sampler,
-        req.karras,
-        req.layout_strength,
-    )
+    settings = replace(Settings.of(req), width=job.canvas.width, height=job.canvas.height)
     # 4. The VAE encodings every batch shares (sampled per image in the hooks).
     with torch.inference_mode():
         inputs = _encode_inputs(m, job, extra_channels)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import torch
 
 from latentgen.devices import dtype_name, resolve_device, resolve_dtype
 from latentgen.errors import ModelLoadError, ModelNotFoundError, UnsafeCheckpointError, UsageError
+from latentgen.request import is_nonnegative
 from latentgen.samplers import Sampler
 
 log = logging.getLogger("latentgen")
@@ -203,7 +203,7 @@ def _read_folder(name: str, path: Path) -> ModelSource:
         )
 
     layout = sched_cfg.get("latentgen_default_layout_strength", ModelDefaults.layout_strength)
-    if isinstance(layout, bool) or not isinstance(layout, int | float) or not 0 <= layout < math.inf:
+    if not is_nonnegative(layout):
         raise ModelLoadError(
             f"{path / 'scheduler' / 'scheduler_config.json'}: latentgen_default_layout_strength {layout!r} must be "
             "a number, 0 or more; re-export the model or remove the key"

@@ -81,6 +81,11 @@ def nearest_multiple(value: int, factor: int) -> int:
     return max(factor, int(round(value / factor)) * factor)
 
 
+def is_nonnegative(value: Any) -> bool:
+    """A finite real number ≥ 0 (not a bool): what guidance and layout strength must be."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and 0 <= value < math.inf
+
+
 def validate(req: GenerationRequest, vae_factor: int) -> None:
     """Raise :class:`UsageError` naming the first invalid field of a resolved request."""
     if not isinstance(req.prompt, str) or not req.prompt.strip():
@@ -90,10 +95,10 @@ def validate(req: GenerationRequest, vae_factor: int) -> None:
     _int("steps", req.steps, minimum=1, hint="use at least 1 (20 is typical)")
     _int("num_images", req.num_images, minimum=1, hint="ask for at least 1 image")
     g = req.guidance
-    if isinstance(g, bool) or not isinstance(g, int | float) or not math.isfinite(g) or g < 0:
+    if not is_nonnegative(g):
         raise UsageError(f"guidance {g!r} is invalid; use a number ≥ 0 (7.5 is typical, ≤ 1 disables CFG)")
     lay = req.layout_strength
-    if isinstance(lay, bool) or not isinstance(lay, int | float) or not math.isfinite(lay) or lay < 0:
+    if not is_nonnegative(lay):
         raise UsageError(
             f"layout strength {lay!r} is invalid; use a number ≥ 0 (0 turns layout guidance off)"
         )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from latentgen.errors import OutputExistsError, UsageError
+from latentgen.request import is_nonnegative
 from latentgen.train.run import config_from_json, load_checkpoint, restore
 from latentgen.train.unet import UNetTrainConfig, build_text_encoder, build_unet, noise_schedule_config
 
@@ -68,7 +68,7 @@ def export_model(
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; choose another folder or pass overwrite")
     sampler_name = Sampler.parse(sampler)
-    if isinstance(layout_strength, bool) or not 0 <= layout_strength < math.inf:
+    if not is_nonnegative(layout_strength):
         raise UsageError(f"layout strength {layout_strength!r} is invalid; use a number ≥ 0 (0: off)")
     cfg = config_from_json(UNetTrainConfig, ckpt.config)
     if ckpt.step < cfg.max_steps:
