@@ -3,9 +3,11 @@
 Measures seconds per image for 1 and 16 images per call (``--sizes``) at the model's default sampler,
 steps and guidance (CFG on), the ratio latentgen/diffusers (below 1 means latentgen is faster), with
 latentgen's layout guidance at the model's default (the prompt has a relation, so it is at work where
-the model turns it on) and off (the same computation as diffusers), and
-the wall time and peak resident memory of one whole ``latentgen generate`` process (interpreter
-start + import + load + generate + write) for the same sizes.
+the model turns it on) and with layout and subject guidance off (the same computation as
+diffusers), latentgen on a prompt naming two things with no relation (``AND_PROMPT``: subject guidance at the model's default, one more U-Net pass
+with gradients per step where the model turns it on), and the wall time and peak resident memory of
+one whole ``latentgen generate`` process (interpreter start + import + load + generate + write) for
+the same sizes, and for the second prompt.
 
 The model is the built-in one when it is installed, else the foundation's ``small`` random model
 (SD-shaped, a few million parameters, 64×64 images). Results: benchmarks/generate.json and .md.
@@ -33,6 +35,7 @@ from latentgen.tiny import bench_model, reference_pipeline
 
 HERE = Path(__file__).parent
 PROMPT = "a red circle above a blue square"
+AND_PROMPT = "a red circle and a blue square"
 
 
 def timed(fn) -> float:
@@ -78,10 +81,11 @@ def main() -> None:
     size = model.source.default_size
     sizes = [int(n) for n in args.sizes.split(",")]
 
-    def run_ours(n: int, layout: float | None = None):
-        request = replace(base, num_images=n)
-        if layout is not None:
-            request = replace(request, layout_strength=layout)
+    def run_ours(n: int, off: bool = False, prompt: str = PROMPT):
+        """``off``: layout and subject guidance off, the same computation as diffusers'."""
+        request = replace(base, num_images=n, prompt=prompt)
+        if off:
+            request = replace(request, layout_strength=0.0, subject_strength=0.0)
         ours.generate(request, batch_size=n)
 
     def run_theirs(n: int):
@@ -96,24 +100,29 @@ def main() -> None:
 
     results = {}
     for n in sizes:
-        run_ours(n), run_ours(n, 0.0), run_theirs(n)  # warm-up
-        t_ours, t_off, t_theirs = [], [], []
+        run_ours(n), run_ours(n, off=True), run_ours(n, prompt=AND_PROMPT), run_theirs(n)  # warm-up
+        t_ours, t_off, t_and, t_theirs = [], [], [], []
         for _ in range(args.repeats):  # alternate, so drift in machine load hits all alike
             t_ours.append(timed(lambda n=n: run_ours(n)) / n)
-            t_off.append(timed(lambda n=n: run_ours(n, 0.0)) / n)
+            t_off.append(timed(lambda n=n: run_ours(n, off=True)) / n)
+            t_and.append(timed(lambda n=n: run_ours(n, prompt=AND_PROMPT)) / n)
             t_theirs.append(timed(lambda n=n: run_theirs(n)) / n)
+        theirs_s = statistics.median(t_theirs)
         results[f"{n}_images"] = {
             "latentgen_s_per_image": statistics.median(t_ours),
             "latentgen_layout_off_s_per_image": statistics.median(t_off),
-            "diffusers_s_per_image": statistics.median(t_theirs),
-            "ratio_latentgen_over_diffusers": statistics.median(t_ours) / statistics.median(t_theirs),
-            "ratio_layout_off_over_diffusers": statistics.median(t_off) / statistics.median(t_theirs),
+            "latentgen_two_subjects_s_per_image": statistics.median(t_and),
+            "diffusers_s_per_image": theirs_s,
+            "ratio_latentgen_over_diffusers": statistics.median(t_ours) / theirs_s,
+            "ratio_layout_off_over_diffusers": statistics.median(t_off) / theirs_s,
+            "ratio_two_subjects_over_diffusers": statistics.median(t_and) / theirs_s,
             "runs_latentgen": t_ours,
             "runs_latentgen_layout_off": t_off,
+            "runs_latentgen_two_subjects": t_and,
             "runs_diffusers": t_theirs,
         }
 
-    cli = [sys.executable, "-m", "latentgen", "generate", PROMPT, "--model", model_arg]
+    cli = [sys.executable, "-m", "latentgen", "generate", "--model", model_arg]
     cli += [
         "--steps",
         str(steps),
@@ -126,18 +135,21 @@ def main() -> None:
         "-q",
     ]
     processes = {}
-    for n in sizes:
-        walls, peaks = [], []
-        for i in range(args.repeats):
-            out = tmp / f"cli-{n}-{i}"
-            wall, peak = run_process([*cli, "-N", str(n), "--batch-size", str(n), "--out", str(out)])
-            walls.append(wall), peaks.append(peak)
-            shutil.rmtree(out, ignore_errors=True)
-        processes[f"{n}_images"] = {
-            "wall_s": statistics.median(walls),
-            "peak_rss_mib": max(peaks),
-            "wall_runs": walls,
-        }
+    for prompt, label in ((PROMPT, ""), (AND_PROMPT, "two_subjects_")):
+        for n in sizes:
+            walls, peaks = [], []
+            for i in range(args.repeats):
+                out = tmp / f"cli-{n}-{i}"
+                argv = [*cli, prompt, "-N", str(n), "--batch-size", str(n), "--out", str(out)]
+                wall, peak = run_process(argv)
+                walls.append(wall), peaks.append(peak)
+                shutil.rmtree(out, ignore_errors=True)
+            processes[f"{label}{n}_images"] = {
+                "prompt": prompt,
+                "wall_s": statistics.median(walls),
+                "peak_rss_mib": max(peaks),
+                "wall_runs": walls,
+            }
     import_s = timed(lambda: subprocess.run([sys.executable, "-c", "import latentgen.api"], check=True))
 
     report = {
@@ -147,6 +159,7 @@ def main() -> None:
         "sampler": sampler.value,
         "guidance": guidance,
         "layout_strength": base.layout_strength,
+        "subject_strength": base.subject_strength,
         "device": "cpu",
         "dtype": "fp32",
         "torch_threads": torch.get_num_threads(),
@@ -165,29 +178,34 @@ def main() -> None:
         f"Model: {model_label}, {size}×{size}, {steps} steps {sampler.value}, CFG {guidance}, CPU fp32, "
         f"{torch.get_num_threads()} threads, median of {args.repeats} alternating runs. Prompt "
         f"{PROMPT!r}; latentgen at the model's layout guidance strength ({base.layout_strength:g}) and "
-        "with it off (0: the same computation as diffusers).",
+        f"with both guidances off (the same computation as diffusers); and latentgen on {AND_PROMPT!r}, which "
+        f"has no relation to place and names two subjects, at the model's subject guidance strength "
+        f"({base.subject_strength:g}; above 0 it costs one more U-Net pass with gradients per step).",
         "",
-        "| images per call | latentgen s/image | latentgen, layout off | diffusers s/image "
-        "| ratio latentgen/diffusers | ratio layout off/diffusers |",
+        "| images per call | latentgen s/image | latentgen, guidance off | latentgen, two subjects "
+        "| diffusers s/image | ratios to diffusers (latentgen / guidance off / two subjects) |",
         "|---|---|---|---|---|---|",
     ]
     for n in sizes:
         r = results[f"{n}_images"]
         lines.append(
             f"| {n} | {r['latentgen_s_per_image']:.3f} | {r['latentgen_layout_off_s_per_image']:.3f} | "
-            f"{r['diffusers_s_per_image']:.3f} | {r['ratio_latentgen_over_diffusers']:.2f} | "
-            f"{r['ratio_layout_off_over_diffusers']:.2f} |"
+            f"{r['latentgen_two_subjects_s_per_image']:.3f} | {r['diffusers_s_per_image']:.3f} | "
+            f"{r['ratio_latentgen_over_diffusers']:.2f} / {r['ratio_layout_off_over_diffusers']:.2f} / "
+            f"{r['ratio_two_subjects_over_diffusers']:.2f} |"
         )
     lines += [
         "",
         "Whole `latentgen generate` processes (start, import, load, generate, write PNGs):",
         "",
-        "| images | wall time (median) | wall time per image | peak RSS |",
-        "|---|---|---|---|",
+        "| prompt | images | wall time (median) | wall time per image | peak RSS |",
+        "|---|---|---|---|---|",
     ]
-    for n in sizes:
-        r = processes[f"{n}_images"]
-        lines.append(f"| {n} | {r['wall_s']:.2f} s | {r['wall_s'] / n:.3f} s | {r['peak_rss_mib']:.0f} MiB |")
+    for key, r in processes.items():
+        n = int(key.rsplit("_", 2)[-2])
+        lines.append(
+            f"| {r['prompt']} | {n} | {r['wall_s']:.2f} s | {r['wall_s'] / n:.3f} s | {r['peak_rss_mib']:.0f} MiB |"
+        )
     lines += ["", f"`import latentgen.api` alone: {import_s:.2f} s.", ""]
     (HERE / "generate.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--guidance", type=float, default=None, help="default: the model's")
     ap.add_argument("--sampler", default=None, help="default: the model's")
     ap.add_argument("--layout-strength", type=float, default=None, help="default: the model's (0: off)")
+    ap.add_argument("--subject-strength", type=float, default=None, help="default: the model's (0: off)")
     ap.add_argument("--strength", type=float, default=1.0)
     ap.add_argument("--resample", type=int, default=None, help="runs of each step; default: latentgen's")
     ap.add_argument("--mask-blur", type=int, default=2)
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
             sampler=args.sampler,
             seed=args.seed + case,
             layout_strength=args.layout_strength,
+            subject_strength=args.subject_strength,
         )
         after = inpaint(
             pipe,
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
             "sampler": after.request.sampler.value,
             "resample": after.edit.resample,
             "layout_strength": after.request.layout_strength,
+            "subject_strength": after.request.subject_strength,
         }  # as resolved: the model's defaults where not given
         after = after.image
         after.save(cases_dir / f"{case:03d}-after.png")

@@ -29,7 +29,9 @@ of"/"right of"): a cosine of 1 means the text never says which side B is on, so 
 tell the two prompts' layouts apart by that word.
 
 Images are made at the model's defaults, layout guidance (``latentgen.layout``) included where the
-model turns it on; ``--layout-strength 0`` probes the weights alone.
+model turns it on; ``--layout-strength 0`` turns layout guidance off, and with
+``--subject-strength 0`` too (subject guidance, ``latentgen.excite``, guides relation prompts that
+nothing places) it probes the weights alone.
 
     python benchmarks/relation_probe.py --model builtin
     python benchmarks/relation_probe.py --model PATH --seeds 4 --json probe.json
@@ -98,6 +100,7 @@ def probe(
     steps: int | None = None,
     guidance: float | None = None,
     layout_strength: float | None = None,
+    subject_strength: float | None = None,
 ) -> dict:
     pipe = Pipeline(model)
     counts = {r: Counter() for r in RELATIONS}
@@ -113,6 +116,7 @@ def probe(
                 steps=steps,
                 guidance=guidance,
                 layout_strength=layout_strength,
+                subject_strength=subject_strength,
             )
             made = pipe.generate(request, batch_size=seeds)
             sides.append([subject_side(read_image(g.image), subject, obj, relation) for g in made])
@@ -236,7 +240,13 @@ def main(argv: list[str] | None = None) -> dict:
         "--layout-strength",
         type=float,
         default=None,
-        help="layout guidance (default: the model's; 0: the model alone)",
+        help="layout guidance (default: the model's; 0: off)",
+    )
+    ap.add_argument(
+        "--subject-strength",
+        type=float,
+        default=None,
+        help="subject guidance (default: the model's; 0 with --layout-strength 0: the model alone)",
     )
     ap.add_argument("--scenes", type=int, default=40, help="rendered pairs for the error gaps (0: skip)")
     ap.add_argument("--timesteps", default="300,500,700,900", help="noise levels for the error gaps")
@@ -249,7 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
     if len(kinds) < 2 or not set(kinds) <= set(KINDS):
         ap.error(f"--kinds {args.kinds!r}: give two or more of {', '.join(KINDS)}")
     model = load_model(args.model, device="cpu", dtype="fp32")
-    rows = summary(probe(model, args.seeds, kinds, args.steps, args.guidance, args.layout_strength))
+    strengths = (args.layout_strength, args.subject_strength)
+    rows = summary(probe(model, args.seeds, kinds, args.steps, args.guidance, *strengths))
     print("| relation | right | reversed | wrong axis | missing | order right | same layout under swap |")
     print("|---|---|---|---|---|---|---|")
     for relation, r in rows.items():
@@ -284,10 +295,11 @@ def main(argv: list[str] | None = None) -> dict:
             "kinds": kinds,
             "steps": args.steps,
             "guidance": args.guidance,
-            "layout_strength": GenerationRequest("x", layout_strength=args.layout_strength)
-            .resolve(model.source)
-            .layout_strength,
         }
+        resolved = GenerationRequest("x", layout_strength=strengths[0], subject_strength=strengths[1])
+        resolved = resolved.resolve(model.source)
+        settings["layout_strength"] = resolved.layout_strength
+        settings["subject_strength"] = resolved.subject_strength
         tables = {"rows": rows, "error_gaps": gaps, "text_sides": sides, "text_end": end}
         record = {"model": args.model, **settings, **tables}
         args.json.write_text(json.dumps(record, indent=2) + "\n")

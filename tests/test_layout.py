@@ -1,4 +1,5 @@
-"""Layout guidance: which words a relation places, the bias it adds, and what it leaves alone."""
+"""Layout guidance: which words a relation places, the bias it adds, and what it leaves alone; and the
+options of both guidances (layout and subject: latentgen.excite), which work alike."""
 
 from __future__ import annotations
 
@@ -166,74 +167,84 @@ def test_a_batch_of_mixed_prompts_equals_its_singles(tiny_model):
     assert np.abs(np.asarray(together[0], np.int16) - np.asarray(plain, np.int16)).max() <= 1
 
 
-def test_default_strength_comes_from_the_model_and_is_recorded(tiny_model, tiny_model_dir, tmp_path):
-    assert GenerationRequest("a cat").resolve(tiny_model.source).layout_strength == 0.0  # off unless measured
+KINDS = pytest.mark.parametrize("kind", ["layout", "subject"])
+
+
+@KINDS
+def test_default_strength_comes_from_the_model_and_is_recorded(tiny_model, tiny_model_dir, tmp_path, kind):
+    field = f"{kind}_strength"
+    default = getattr(GenerationRequest("a cat").resolve(tiny_model.source), field)
+    assert default == 0.0  # off unless measured
     folder = shutil.copytree(tiny_model_dir, tmp_path / "m")
     cfg_path = folder / "scheduler" / "scheduler_config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg_path.write_text(json.dumps({**cfg, "latentgen_default_layout_strength": 3.5}))
+    cfg_path.write_text(json.dumps({**cfg, f"latentgen_default_{field}": 3.5}))
     model = load_model(folder, device="cpu", dtype="fp32")
     gen = Pipeline(model).generate(GenerationRequest("a cat above a star", steps=2, seed=1))[0]
-    assert gen.request.layout_strength == 3.5
-    assert record(gen)["request"]["layout_strength"] == 3.5
-    assert "Layout strength: 3.5" in a1111_parameters(gen)
-    # a record from before layout guidance has no strength: it was off, and a replay keeps it off
-    old = {"request": {k: v for k, v in record(gen)["request"].items() if k != "layout_strength"}}
-    assert request_of(old).layout_strength == 0.0
+    assert getattr(gen.request, field) == 3.5
+    assert record(gen)["request"][field] == 3.5
+    assert f"{kind.capitalize()} strength: 3.5" in a1111_parameters(gen)
+    # a record from before the guidance existed has no strength: it was off, and a replay keeps it off
+    old = {"request": {k: v for k, v in record(gen)["request"].items() if k != field}}
+    assert getattr(request_of(old), field) == 0.0
 
 
+@KINDS
 @pytest.mark.parametrize("value", [-1, float("nan"), float("inf"), True, "4"])
-def test_bad_strength_is_refused_naming_it(tiny_model, value):
+def test_bad_strength_is_refused_naming_it(tiny_model, value, kind):
     from latentgen.errors import UsageError
 
-    with pytest.raises(UsageError, match=r"layout strength .* is invalid; use a number ≥ 0"):
-        GenerationRequest("a cat", layout_strength=value).resolve(tiny_model.source)
+    with pytest.raises(UsageError, match=rf"{kind} strength .* is invalid; use a number ≥ 0"):
+        GenerationRequest("a cat", **{f"{kind}_strength": value}).resolve(tiny_model.source)
 
 
+@KINDS
 @pytest.mark.parametrize("value", [-2, "strong", True])
-def test_bad_model_default_is_refused_naming_the_file(tiny_model_dir, tmp_path, value, run_cli):
+def test_bad_model_default_is_refused_naming_the_file(tiny_model_dir, tmp_path, value, run_cli, kind):
     from latentgen.errors import ModelLoadError
 
+    key = f"latentgen_default_{kind}_strength"
     folder = shutil.copytree(tiny_model_dir, tmp_path / "m")
     cfg_path = folder / "scheduler" / "scheduler_config.json"
-    cfg_path.write_text(
-        json.dumps({**json.loads(cfg_path.read_text()), "latentgen_default_layout_strength": value})
-    )
-    with pytest.raises(ModelLoadError, match=r"scheduler_config.json: latentgen_default_layout_strength"):
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), key: value}))
+    with pytest.raises(ModelLoadError, match=rf"scheduler_config.json: {key}"):
         load_model(folder, device="cpu", dtype="fp32")
     code, _, err = run_cli("generate", "a cat", "--model", folder, "--steps", 1, "--out", tmp_path / "o.png")
     assert code in (1, 2) and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_cli_option_sets_strength_and_refuses_bad_values(tiny_model_dir, tmp_path, run_cli):
+@KINDS
+def test_cli_option_sets_strength_and_refuses_bad_values(tiny_model_dir, tmp_path, run_cli, kind):
     from latentgen.metadata import read
 
-    out = tmp_path / "a.png"
+    out, option = tmp_path / "a.png", f"--{kind}-strength"
     opts = ("--model", tiny_model_dir, "--steps", 1, "--seed", 1)
-    code, _, err = run_cli("generate", "a cat above a star", *opts, "--layout-strength", 2.5, "--out", out)
+    code, _, err = run_cli("generate", "a cat above a star", *opts, option, 2.5, "--out", out)
     assert code == 0, err
-    assert read(out)["request"]["layout_strength"] == 2.5
+    assert read(out)["request"][f"{kind}_strength"] == 2.5
     code, _, err = run_cli(
-        "generate", "a cat", "--model", tiny_model_dir, "--layout-strength", -1, "--out", tmp_path / "b.png"
+        "generate", "a cat", "--model", tiny_model_dir, option, -1, "--out", tmp_path / "b.png"
     )
-    assert code == 2 and "layout strength -1.0 is invalid" in err and err.count("\n") == 1
+    assert code == 2 and f"{kind} strength -1.0 is invalid" in err and err.count("\n") == 1
     assert not (tmp_path / "b.png").exists()
 
 
-def test_prompt_file_lines_and_batch_default_set_the_strength(run_cli, tiny_model_dir, tmp_path):
+@KINDS
+def test_prompt_file_lines_and_batch_default_set_the_strength(run_cli, tiny_model_dir, tmp_path, kind):
     from latentgen.metadata import read
 
+    field = f"{kind}_strength"
     f = tmp_path / "p.jsonl"
     f.write_text(
-        '{"prompt": "a cat above a star", "layout_strength": 2}\n'
+        f'{{"prompt": "a cat above a star", "{field}": 2}}\n'
         '{"prompt": "a cat above a star"}\n'
-        '{"prompt": "a cat above a star", "layout_strength": "strong"}\n'
+        f'{{"prompt": "a cat above a star", "{field}": "strong"}}\n'
     )
     out = tmp_path / "out"
-    args = ("batch", f, "--model", tiny_model_dir, "--steps", 2, "--out", out, "--layout-strength", 7)
+    args = ("batch", f, "--model", tiny_model_dir, "--steps", 2, "--out", out, f"--{kind}-strength", 7)
     code, stdout, err = run_cli(*args)
-    assert code == 1 and "line 3: layout_strength 'strong' is not a number" in err
-    strengths = sorted(read(p)["request"]["layout_strength"] for p in stdout.split())
+    assert code == 1 and f"line 3: {field} 'strong' is not a number" in err
+    strengths = sorted(read(p)["request"][field] for p in stdout.split())
     assert strengths == [2.0, 7.0]
 
 

@@ -56,6 +56,13 @@ LayoutOpt = Annotated[
         help="Layout guidance: 'above', 'left of'... place their nouns; 0 turns it off (default: the model's)."
     ),
 ]
+SubjectOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Subject guidance: every noun of 'a cat and a star' gets its own place; 0 turns it off "
+        "(default: the model's)."
+    ),
+]
 KarrasOpt = Annotated[bool | None, typer.Option("--karras/--no-karras", help="Karras sigmas.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed of image 0; image i uses seed+i. Default: random.")]
 NumImagesOpt = Annotated[int | None, typer.Option("--num-images", "-N", help="How many images.")]
@@ -84,6 +91,7 @@ def generate(
     sampler: SamplerOpt = None,
     karras: KarrasOpt = None,
     layout_strength: LayoutOpt = None,
+    subject_strength: SubjectOpt = None,
     seed: SeedOpt = None,
     width: Annotated[int | None, typer.Option(help="Pixels (default: the model's).")] = None,
     height: Annotated[int | None, typer.Option(help="Pixels (default: the model's).")] = None,
@@ -145,6 +153,7 @@ def generate(
         "sampler": sampler,
         "karras": karras,
         "layout_strength": layout_strength,
+        "subject_strength": subject_strength,
         "seed": seed,
         "width": width,
         "height": height,
@@ -215,6 +224,7 @@ def inpaint(
     sampler: SamplerOpt = None,
     karras: KarrasOpt = None,
     layout_strength: LayoutOpt = None,
+    subject_strength: SubjectOpt = None,
     seed: SeedOpt = None,
     num_images: NumImagesOpt = None,
     batch_size: BatchSizeOpt = 1,
@@ -243,6 +253,7 @@ def inpaint(
         "sampler": sampler,
         "karras": karras,
         "layout_strength": layout_strength,
+        "subject_strength": subject_strength,
         "seed": seed,
         "num_images": num_images,
     }
@@ -331,6 +342,9 @@ def batch(
     layout_strength: Annotated[
         float | None, typer.Option(help="Default layout guidance strength (0: off).")
     ] = None,
+    subject_strength: Annotated[
+        float | None, typer.Option(help="Default subject guidance strength (0: off).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Default seed of each line's image 0 (image i: seed+i).")] = 0,
     width: Annotated[int | None, typer.Option(help="Default width.")] = None,
     height: Annotated[int | None, typer.Option(help="Default height.")] = None,
@@ -367,6 +381,7 @@ def batch(
         ("guidance", guidance),
         ("sampler", sampler),
         ("layout_strength", layout_strength),
+        ("subject_strength", subject_strength),
     ):
         if value is not None:
             defaults[key] = value
@@ -506,6 +521,7 @@ def eval_(
     sampler: SamplerOpt = None,
     karras: Annotated[bool, typer.Option("--karras/--no-karras", help="Karras sigmas.")] = False,
     layout_strength: LayoutOpt = None,
+    subject_strength: SubjectOpt = None,
     seed: Annotated[int, typer.Option(help="Image j of every prompt uses seed + j.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per U-Net batch.")] = 32,
     limit: Annotated[int | None, typer.Option(help="Prompts per category (default: all).")] = None,
@@ -529,6 +545,7 @@ def eval_(
         sampler=sampler,
         karras=karras,
         layout_strength=layout_strength,
+        subject_strength=subject_strength,
         batch_size=batch_size,
         prompts_per_category=limit,
     )
@@ -636,6 +653,9 @@ def train_export_cmd(
     layout_strength: Annotated[
         float, typer.Option(help="Default layout guidance strength written into the model (0: off).")
     ] = 0.0,
+    subject_strength: Annotated[
+        float, typer.Option(help="Default subject guidance strength written into the model (0: off).")
+    ] = 0.0,
     family: Annotated[str | None, typer.Option(help="Family name recorded in latentgen.json.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
@@ -652,6 +672,7 @@ def train_export_cmd(
         inpaint_steps=inpaint_steps,
         inpaint_guidance=inpaint_guidance,
         layout_strength=layout_strength,
+        subject_strength=subject_strength,
         family=family,
         overwrite=overwrite,
     )

@@ -414,7 +414,7 @@ def iter_edit(
     req, edit = job.request, job.edit
     extra_channels = _extra_unet_channels(m)
     pipe.warn_about_prompt(req.prompt)
-    pipe.explain_layout(req.prompt, req.layout_strength)
+    pipe.explain_guidance(req)
     settings = replace(Settings.of(req), width=job.canvas.width, height=job.canvas.height)
     # 4. The VAE encodings every batch shares (sampled per image in the hooks).
     with torch.inference_mode():

@@ -40,6 +40,7 @@ class EvalConfig:
     sampler: str | None = None
     karras: bool = False
     layout_strength: float | None = None  # None: the model's default
+    subject_strength: float | None = None  # None: the model's default
     batch_size: int = 32  # images per U-Net batch (prompts are mixed within a batch)
     prompts_per_category: int | None = None  # None: all; fewer for quick looks and tests
     write_images: bool = True
@@ -55,6 +56,7 @@ def resolve_settings(cfg: EvalConfig, source) -> GenerationRequest:
         karras=cfg.karras,
         seed=cfg.seed,
         layout_strength=cfg.layout_strength,
+        subject_strength=cfg.subject_strength,
     )
     return request.resolve(source)
 

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from latentgen.tokenizer import span_tokens
+
 # Phrase (lower-case words) → (axis, side of the subject): axis 0 runs top to bottom, 1 left to right;
 # side -1 is the top/left end, +1 the bottom/right end.
 RELATION_PHRASES: dict[tuple[str, ...], tuple[int, int]] = {
@@ -135,18 +137,11 @@ def token_placements(tokenizer, text: str, copies: int = 1) -> dict[int, tuple[i
     found = placements(text)
     if not found:
         return {}
-    full = tokenizer(text, truncation=False).input_ids
-    plain = tokenizer(text, truncation=False, add_special_tokens=False).input_ids
-    lead = next((k for k in range(len(full) - len(plain) + 1) if full[k : k + len(plain)] == plain), 0)
-    limit = tokenizer.model_max_length - 1  # the last position is the end-of-text token at most
+    spans = span_tokens(tokenizer, text, [(p.start, p.end) for p in found], copies)
     tokens: dict[int, tuple[int, int]] = {}
-    for p in found:  # a word's tokens: those the text up to its end has, less those before its start
-        first = len(tokenizer(text[: p.start], add_special_tokens=False).input_ids)
-        last = len(tokenizer(text[: p.end], add_special_tokens=False).input_ids)
-        for copy in range(copies):
-            at = lead + copy * len(plain)
-            for k in range(at + first, min(at + last, limit)):
-                tokens.setdefault(k, (p.axis, p.side))
+    for p, ks in zip(found, spans, strict=True):
+        for k in ks:
+            tokens.setdefault(k, (p.axis, p.side))
     return tokens
 
 
@@ -188,11 +183,23 @@ class LayoutBias:
     def __init__(self, bias: torch.Tensor):
         self.bias = bias  # [N, T, h, w], strength included; rows with nothing to place are 0
         self._levels: dict[tuple, torch.Tensor] = {}
+        self._first = 0  # rows from here on are the batch the U-Net sees (see ``from_row``)
+
+    @contextmanager
+    def from_row(self, first: int) -> Iterator[None]:
+        """Inside the block the U-Net sees only rows ``first`` onwards (the conditional half, for
+        subject guidance's extra pass)."""
+        self._first = first
+        try:
+            yield
+        finally:
+            self._first = 0
 
     def at(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The bias on the grid of ``hidden_states`` (``[N, Q, C]`` or ``[N, C, H, W]``): ``[N, Q, T]``,
         in its dtype and on its device."""
         n, _, h, w = self.bias.shape
+        n -= self._first
         if hidden_states.shape[0] != n:
             raise ValueError(f"layout bias is for a batch of {n}, the layer has {hidden_states.shape[0]}")
         if hidden_states.ndim == 4:
@@ -204,10 +211,10 @@ class LayoutBias:
             size = (-(-h // f), -(-w // f))
             if size[0] * size[1] != q:
                 raise ValueError(f"cannot place a {q}-position layer on a {h}x{w} latent grid")
-        key = (size, hidden_states.dtype, hidden_states.device)
+        key = (size, hidden_states.dtype, hidden_states.device, self._first)
         level = self._levels.get(key)
         if level is None:
-            pooled = F.adaptive_avg_pool2d(self.bias, size)  # [N, T, h', w']
+            pooled = F.adaptive_avg_pool2d(self.bias[self._first :], size)  # [N, T, h', w']
             level = pooled.flatten(2).transpose(1, 2).to(hidden_states.device, hidden_states.dtype)
             self._levels[key] = level
         return level

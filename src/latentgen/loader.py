@@ -52,6 +52,7 @@ class ModelDefaults:
     inpaint_steps: int | None = None
     inpaint_guidance: float | None = None
     layout_strength: float = 0.0  # layout guidance (latentgen.layout); on only where measured
+    subject_strength: float = 0.0  # subject guidance (latentgen.excite); on only where measured
 
 
 @dataclass
@@ -202,12 +203,16 @@ def _read_folder(name: str, path: Path) -> ModelSource:
             "re-export the model or remove the key"
         )
 
-    layout = sched_cfg.get("latentgen_default_layout_strength", ModelDefaults.layout_strength)
-    if not is_nonnegative(layout):
-        raise ModelLoadError(
-            f"{path / 'scheduler' / 'scheduler_config.json'}: latentgen_default_layout_strength {layout!r} must be "
-            "a number, 0 or more; re-export the model or remove the key"
-        )
+    strengths = {}
+    for kind in ("layout", "subject"):
+        key = f"latentgen_default_{kind}_strength"
+        value = sched_cfg.get(key, 0.0)
+        if not is_nonnegative(value):
+            raise ModelLoadError(
+                f"{path / 'scheduler' / 'scheduler_config.json'}: {key} {value!r} must be "
+                "a number, 0 or more; re-export the model or remove the key"
+            )
+        strengths[f"{kind}_strength"] = float(value)
     vae_factor = 2 ** (len(vae_cfg.get("block_out_channels", [0, 0, 0, 0])) - 1)
     sample = unet_cfg.get("sample_size", 64)
     sample = sample[0] if isinstance(sample, list | tuple) else sample
@@ -217,7 +222,7 @@ def _read_folder(name: str, path: Path) -> ModelSource:
         sampler=Sampler(sched_cfg.get("latentgen_default_sampler", ModelDefaults.sampler.value)),
         inpaint_steps=_optional(int, sched_cfg.get("latentgen_inpaint_steps")),
         inpaint_guidance=_optional(float, sched_cfg.get("latentgen_inpaint_guidance")),
-        layout_strength=float(layout),
+        **strengths,
     )
     return ModelSource(
         name=name,

@@ -34,6 +34,7 @@ FIELDS = (
     "height",
     "num_images",
     "layout_strength",
+    "subject_strength",
     "name",
 )
 INT_FIELDS = ("seed", "steps", "width", "height", "num_images")
@@ -149,7 +150,7 @@ def typed_fields(values: dict[str, Any]) -> dict[str, Any]:
             continue
         if key in INT_FIELDS:
             out[key] = _as_int(key, value)
-        elif key in ("guidance", "layout_strength"):
+        elif key in ("guidance", "layout_strength", "subject_strength"):
             try:
                 out[key] = float(value)
             except (TypeError, ValueError):

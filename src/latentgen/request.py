@@ -37,6 +37,7 @@ class GenerationRequest:
     height: int | None = None
     num_images: int = 1
     layout_strength: float | None = None  # layout guidance (latentgen.layout); 0: off; default: the model's
+    subject_strength: float | None = None  # subject guidance (latentgen.excite); 0: off; default: the model's
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -67,6 +68,11 @@ class GenerationRequest:
             layout_strength=(
                 self.layout_strength if self.layout_strength is not None else source.defaults.layout_strength
             ),
+            subject_strength=(
+                self.subject_strength
+                if self.subject_strength is not None
+                else source.defaults.subject_strength
+            ),
         )
         validate(req, source.vae_scale_factor)
         return req
@@ -82,7 +88,7 @@ def nearest_multiple(value: int, factor: int) -> int:
 
 
 def is_nonnegative(value: Any) -> bool:
-    """A finite real number ≥ 0 (not a bool): what guidance and layout strength must be."""
+    """A finite real number ≥ 0 (not a bool): what guidance and the layout and subject strengths must be."""
     return not isinstance(value, bool) and isinstance(value, int | float) and 0 <= value < math.inf
 
 
@@ -97,11 +103,11 @@ def validate(req: GenerationRequest, vae_factor: int) -> None:
     g = req.guidance
     if not is_nonnegative(g):
         raise UsageError(f"guidance {g!r} is invalid; use a number ≥ 0 (7.5 is typical, ≤ 1 disables CFG)")
-    lay = req.layout_strength
-    if not is_nonnegative(lay):
-        raise UsageError(
-            f"layout strength {lay!r} is invalid; use a number ≥ 0 (0 turns layout guidance off)"
-        )
+    for name, value in (("layout", req.layout_strength), ("subject", req.subject_strength)):
+        if not is_nonnegative(value):
+            raise UsageError(
+                f"{name} strength {value!r} is invalid; use a number ≥ 0 (0 turns {name} guidance off)"
+            )
     seed = req.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
         raise UsageError(f"seed {seed!r} is out of range; use an integer in [0, 2^64)")

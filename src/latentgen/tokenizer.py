@@ -32,6 +32,29 @@ def repeat_prompt(text: str, times: int) -> str:
     return text if times == 1 or not text.strip() else " ".join([text.strip()] * times)
 
 
+def span_tokens(tokenizer, text: str, spans: list[tuple[int, int]], copies: int = 1) -> list[list[int]]:
+    """For each character span of ``text``, its token indices in the tokenized text (BOS counted).
+
+    ``copies`` > 1: the text encoder reads ``text`` (stripped) that many times, space-separated
+    (:func:`repeat_prompt`), and every copy's tokens are listed. A word split into several tokens
+    gives them all; tokens past the tokenizer's limit are left out.
+    """
+    full = tokenizer(text, truncation=False).input_ids
+    plain = tokenizer(text, truncation=False, add_special_tokens=False).input_ids
+    lead = next((k for k in range(len(full) - len(plain) + 1) if full[k : k + len(plain)] == plain), 0)
+    limit = tokenizer.model_max_length - 1  # the last position is the end-of-text token at most
+    out = []
+    for start, end in spans:  # a span's tokens: those of the text up to its end less those before it
+        first = len(tokenizer(text[:start], add_special_tokens=False).input_ids)
+        last = len(tokenizer(text[:end], add_special_tokens=False).input_ids)
+        tokens = []
+        for copy in range(copies):
+            at = lead + copy * len(plain)
+            tokens += [k for k in range(at + first, min(at + last, limit))]
+        out.append(tokens)
+    return out
+
+
 def _bytes_to_unicode() -> dict[int, str]:
     """CLIP/GPT-2's reversible byte → printable-character table."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))

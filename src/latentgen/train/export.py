@@ -52,6 +52,7 @@ def export_model(
     inpaint_steps: int | None = None,  # latentgen_inpaint_steps; None: inpainting uses ``steps``
     inpaint_guidance: float | None = None,  # latentgen_inpaint_guidance; None: ``guidance``
     layout_strength: float = 0.0,  # latentgen_default_layout_strength (latentgen.layout); 0: off
+    subject_strength: float = 0.0,  # latentgen_default_subject_strength (latentgen.excite); 0: off
     family: str | None = None,  # written to latentgen.json, e.g. "builtin"
     overwrite: bool = False,
 ) -> Path:
@@ -68,8 +69,10 @@ def export_model(
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; choose another folder or pass overwrite")
     sampler_name = Sampler.parse(sampler)
-    if not is_nonnegative(layout_strength):
-        raise UsageError(f"layout strength {layout_strength!r} is invalid; use a number ≥ 0 (0: off)")
+    strengths = {"layout": layout_strength, "subject": subject_strength}
+    for kind, value in strengths.items():
+        if not is_nonnegative(value):
+            raise UsageError(f"{kind} strength {value!r} is invalid; use a number ≥ 0 (0: off)")
     cfg = config_from_json(UNetTrainConfig, ckpt.config)
     if ckpt.step < cfg.max_steps:
         log.warning("exporting %s at step %d of %d: training is not finished", run, ckpt.step, cfg.max_steps)
@@ -104,8 +107,9 @@ def export_model(
         latentgen_default_guidance=guidance,
         latentgen_default_sampler=sampler_name.value,
     )
-    if layout_strength:
-        scheduler.register_to_config(latentgen_default_layout_strength=layout_strength)
+    scheduler.register_to_config(
+        **{f"latentgen_default_{kind}_strength": v for kind, v in strengths.items() if v}
+    )
     inpaint = {"latentgen_inpaint_steps": inpaint_steps, "latentgen_inpaint_guidance": inpaint_guidance}
     scheduler.register_to_config(**{k: v for k, v in inpaint.items() if v is not None})
     scheduler.save_config(tmp / "scheduler")
