@@ -65,9 +65,15 @@ def test_is_the_default_model_of_generate(run_cli, tmp_path):
 
 def test_matches_diffusers_pipeline_on_its_components(builtin):
     """Pooled text in the time embedding and v-prediction: still a plain StableDiffusionPipeline (with
-    layout guidance off: diffusers knows nothing of it, and this prompt has a relation it would place)."""
+    layout and subject guidance off: diffusers knows nothing of them, and this prompt has a relation
+    one would place and two nouns the other would guide)."""
     req = GenerationRequest(
-        "a red circle above a blue square", steps=8, sampler=Sampler.DDIM, seed=3, layout_strength=0.0
+        "a red circle above a blue square",
+        steps=8,
+        sampler=Sampler.DDIM,
+        seed=3,
+        layout_strength=0.0,
+        subject_strength=0.0,
     )
     ours = Pipeline(builtin).generate(req.resolve(builtin.source))[0].image
     r = req.resolve(builtin.source)
@@ -148,15 +154,16 @@ RELATIONS = [
 
 
 @pytest.mark.parametrize(("prompt", "subject", "obj"), RELATIONS)
-@pytest.mark.parametrize("layout_strength", [None, 0.0], ids=["layout", "model-alone"])
+@pytest.mark.parametrize("guidance_off", [False, True], ids=["layout", "model-alone"])
 def test_draws_both_objects_on_the_axis_its_relation_names(
-    builtin, relation_probe, prompt, subject, obj, layout_strength
+    builtin, relation_probe, prompt, subject, obj, guidance_off
 ):
     """What the shipped model does with a relation: both objects, stacked for above/below, side by side
     for left of/right of, with layout guidance at its default and without (release 10: 16 and 15 of 16
     seeds with it, 15 and 16 alone, as release 9; a model blind to the relation word would pick the axis
     at random, about 8)."""
-    sides = _sides(builtin, relation_probe, prompt, subject, obj, layout_strength=layout_strength)
+    off = {"layout_strength": 0.0, "subject_strength": 0.0} if guidance_off else {}
+    sides = _sides(builtin, relation_probe, prompt, subject, obj, **off)
     assert sum(isinstance(s, bool) for s in sides) >= 14, sides
 
 
@@ -185,8 +192,28 @@ ORDER_BLIND = pytest.mark.xfail(strict=True, reason="the built-in model alone ig
 def test_model_alone_puts_the_subject_on_the_side_its_relation_names(
     builtin, relation_probe, prompt, subject, obj
 ):
-    sides = _sides(builtin, relation_probe, prompt, subject, obj, layout_strength=0.0)
+    sides = _sides(builtin, relation_probe, prompt, subject, obj, layout_strength=0.0, subject_strength=0.0)
     assert sum(s is True for s in sides) >= 14, sides
+
+
+def test_subject_guidance_draws_both_of_two_objects(builtin):
+    """At the model's defaults subject guidance (latentgen.excite) gives each noun of "a circle and a
+    star" a place: release 10 draws both kinds, judged right, in 36 and 37 of the 42 ordered pairs of
+    kinds on seeds 0 and 1 (one U-Net batch per seed), where without it 32 and 35 (seed 2: 36 with and
+    without). The bar, 70 of 84, is out of reach of the model without it."""
+    import itertools
+
+    from latentgen.pipeline import Job, Settings
+    from latentgen.world.scene import KINDS
+
+    assert resolve_model("builtin").defaults.subject_strength > 0
+    prompts = [f"a {a} and a {b}" for a, b in itertools.permutations(KINDS, 2)]
+    settings = Settings.of(GenerationRequest("(pairs)").resolve(builtin.source))
+    pipe, right = Pipeline(builtin), 0
+    for seed in (0, 1):
+        images, _ = pipe.sample([Job(p, "", seed) for p in prompts], settings)
+        right += sum(judge_ok(im, parse_prompt(p)) for p, im in zip(prompts, images, strict=True))
+    assert right >= 70, right
 
 
 def test_text_states_carry_the_relation_the_u_net_ignores(text_order_probe):
