@@ -37,6 +37,8 @@ def words(text: str) -> list[str]:
         ("a cat with a star", ["cat", "star"]),
         # scenery is not a subject; what is worn belongs to its wearer
         ("a circle on a red background", ["circle"]),
+        ("a small blue star in the top left corner", ["small blue star"]),
+        ("a cat at the bottom and a star in the middle", ["cat", "star"]),
         ("a cat wearing a hat", ["cat"]),
         ("a red cat wearing a blue hat above a dog on a white background", ["red cat", "dog"]),
         ("two red circles", ["two red circles"]),
