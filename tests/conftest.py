@@ -68,6 +68,23 @@ def run_cli(monkeypatch, capsys):
     return run
 
 
+@pytest.fixture(scope="session")
+def batch_vs_singles():
+    """``(pipe, prompts, settings, seed) → [max pixel difference]``: each prompt's image from one U-Net
+    batch of all the prompts against the same prompt sampled alone."""
+    import numpy as np
+
+    from latentgen.pipeline import Job
+
+    def diffs(pipe, prompts, settings, seed=4) -> list[int]:
+        together, _ = pipe.sample([Job(p, "", seed) for p in prompts], settings)
+        alone = [pipe.sample([Job(p, "", seed)], settings)[0][0] for p in prompts]
+        pairs = zip(together, alone, strict=True)
+        return [int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max()) for a, b in pairs]
+
+    return diffs
+
+
 def _benchmark(name: str):
     """benchmarks/NAME.py as a module (the benchmarks folder is not a package)."""
     import importlib.util

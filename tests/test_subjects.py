@@ -170,18 +170,12 @@ def test_only_images_naming_two_subjects_change(tiny_model):
     assert {k: type(v) for k, v in tiny_model.unet.attn_processors.items()} == processors
 
 
-def test_a_batch_of_mixed_prompts_equals_its_singles(tiny_model):
+def test_a_batch_of_mixed_prompts_equals_its_singles(tiny_model, batch_vs_singles):
     """Rows guided, placed by layout guidance, and neither, in one U-Net batch: the extra pass sees
     only the conditional rows, with their share of the layout bias."""
-    pipe = Pipeline(tiny_model)
     prompts = ["a red cat", "a cat and a star", "a star left of a heart"]
     settings = Settings.of(req("x", 80.0, layout_strength=6.0).resolve(tiny_model.source))
-    together, _ = pipe.sample([Job(p, "", 4) for p in prompts], settings)
-    alone = [pipe.sample([Job(p, "", 4)], settings)[0][0] for p in prompts]
-    diff = [
-        np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max()
-        for a, b in zip(together, alone, strict=True)
-    ]
+    diff = batch_vs_singles(Pipeline(tiny_model), prompts, settings)
     assert max(diff) <= 1, diff
 
 

@@ -28,14 +28,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from latentgen.layout import RELATION_PHRASES
+from latentgen.layout import RELATION_PHRASES, wrapped_cross_attention
 
 _SPLIT_WORDS = {"and", "with", "on", "in", "at"}
 _WORN = {"wearing"}  # the words after it, up to the next split, belong to the wearer's phrase
@@ -221,25 +219,12 @@ class SubjectGuide:
             (grad,) = torch.autograd.grad(loss, x)
             self.last_loss = float(loss.detach())
         # Step in the U-Net's input space (unit variance), as the method was published for DDIM.
-        c = 1.0 / float(scheduler.scale_model_input(torch.ones(1), t).mean())
+        c = 1.0 / float(scheduler.scale_model_input(latents.new_ones(1), t).mean())  # 1, or √(σ²+1)
         scale = self.strength * c * c * math.sqrt(1 - i / max(1, 2 * self.steps))
         return (latents - scale * grad.to(latents.dtype)).detach()
 
 
-@contextmanager
-def recording_attention(unet, guide: SubjectGuide | None) -> Iterator[None]:
+def recording_attention(unet, guide: SubjectGuide | None):
     """Inside the block, ``unet``'s cross-attention layers can record for ``guide``; restored after."""
-    if guide is None:
-        yield
-        return
-    original = unet.attn_processors
-    unet.set_attn_processor(
-        {
-            name: _RecordingCrossAttention(proc, guide.recorder) if name.endswith("attn2.processor") else proc
-            for name, proc in original.items()
-        }
-    )
-    try:
-        yield
-    finally:
-        unet.set_attn_processor(original)
+    wrap = None if guide is None else (lambda proc: _RecordingCrossAttention(proc, guide.recorder))
+    return wrapped_cross_attention(unet, wrap)

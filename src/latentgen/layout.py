@@ -29,7 +29,7 @@ the top, dog the bottom.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -221,19 +221,23 @@ class LayoutBias:
 
 
 @contextmanager
-def layout_attention(unet, guide: LayoutBias | None) -> Iterator[None]:
-    """Inside the block, ``unet``'s cross-attention layers add ``guide``'s bias; restored after."""
-    if guide is None:
+def wrapped_cross_attention(unet, wrap: Callable[[object], object] | None) -> Iterator[None]:
+    """Inside the block every cross-attention processor ``p`` of ``unet`` is ``wrap(p)`` (self-attention
+    is left alone); the processors are restored after. ``wrap`` None: nothing changes."""
+    if wrap is None:
         yield
         return
     original = unet.attn_processors
     unet.set_attn_processor(
-        {
-            name: _BiasedCrossAttention(proc, guide) if name.endswith("attn2.processor") else proc
-            for name, proc in original.items()
-        }
+        {name: wrap(proc) if name.endswith("attn2.processor") else proc for name, proc in original.items()}
     )
     try:
         yield
     finally:
         unet.set_attn_processor(original)
+
+
+def layout_attention(unet, guide: LayoutBias | None):
+    """Inside the block, ``unet``'s cross-attention layers add ``guide``'s bias; restored after."""
+    wrap = None if guide is None else (lambda proc: _BiasedCrossAttention(proc, guide))
+    return wrapped_cross_attention(unet, wrap)
