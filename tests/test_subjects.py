@@ -151,6 +151,15 @@ def test_an_update_lowers_the_neglect_loss(tiny_model):
     assert not torch.equal(moved, latents)
 
 
+@pytest.mark.parametrize("steps", [3, 10, 50])
+def test_the_strength_is_shared_out_over_the_schedules_steps(tiny_model, steps):
+    """So 10 and 50 steps push alike; an img2img run that starts part-way gets only its steps' share."""
+    pipe = Pipeline(tiny_model)
+    settings = Settings.of(req("x", 600.0, steps=steps).resolve(tiny_model.source))
+    guide = pipe.subject_guide([Job("a cat and a star", "", 0)], settings, steps=steps // 2)
+    assert guide.step_size == pytest.approx(600.0 / steps) and guide.steps == steps // 2
+
+
 def test_only_images_naming_two_subjects_change(tiny_model):
     pipe = Pipeline(tiny_model)
     processors = {k: type(v) for k, v in tiny_model.unet.attn_processors.items()}

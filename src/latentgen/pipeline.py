@@ -265,7 +265,9 @@ class Pipeline:
             return None
         factor = self.model.source.vae_scale_factor
         h, w = settings.height // factor, settings.width // factor
-        return SubjectGuide(found, settings.subject_strength, steps, h, w)
+        # The strength is the whole run's push: each of the schedule's steps moves by a share of it
+        # (an img2img run that starts part-way takes only its steps' shares).
+        return SubjectGuide(found, settings.subject_strength / settings.steps, steps, h, w)
 
     def subjects(self, prompt: str) -> Subjects:
         """The token indices of each subject ``prompt`` names, as the text encoder sees it."""
