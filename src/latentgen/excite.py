@@ -202,23 +202,26 @@ class SubjectGuide:
         self.height, self.width = height, width  # the latent grid
         self.recorder = _Recorder()
         self.last_loss: float | None = None  # of the latest update, for tests and diagnostics
+        self._cond: torch.Tensor | None = None  # the text embeddings, as a tensor autograd can use
 
     def update(self, unet, scheduler, i: int, t, latents: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """``latents [B, C, h, w]`` before step ``i`` (timestep ``t``), moved down the neglect loss's
         gradient: a new tensor. ``cond [B, T, D]``: the conditional text embeddings."""
         with torch.inference_mode(False), torch.enable_grad():
+            if self._cond is None:  # an inference-mode tensor cannot be saved for backward: copy once
+                self._cond = cond.clone()
             x = latents.clone().requires_grad_(True)
             model_in = scheduler.scale_model_input(x, t)
             rec = self.recorder
             rec.on, rec.maps, rec.grid = True, [], None
             try:
-                unet(model_in, t, encoder_hidden_states=cond.clone(), return_dict=False)
+                unet(model_in, t, encoder_hidden_states=self._cond, return_dict=False)
             finally:
                 rec.on = False
-            loss = neglect_loss(rec.maps, self.subjects, self.height, self.width)
-            rec.maps = []
-            if not loss.requires_grad:
+            maps, rec.maps = rec.maps, []
+            if not maps:  # a U-Net without cross-attention: nothing to read
                 return latents
+            loss = neglect_loss(maps, self.subjects, self.height, self.width)
             (grad,) = torch.autograd.grad(loss, x)
             self.last_loss = float(loss.detach())
         # Step in the U-Net's input space (unit variance), as the method was published for DDIM.

@@ -192,7 +192,7 @@ class Pipeline:
             text_emb = torch.cat([uncond, cond]) if do_cfg else cond  # [2B or B, T, D]
             first_row = len(jobs) if do_cfg else 0
             guide = self.layout_guide(jobs, settings, first_row=first_row)
-            subjects = self.subject_guide(jobs, settings, len(timesteps)) if unet_input is None else None
+            excite_guide = self.subject_guide(jobs, settings, len(timesteps)) if unet_input is None else None
             step_kwargs = {"generator": generators} if is_stochastic(settings.sampler) else {}
 
             def denoise(i: int, t, latents: torch.Tensor) -> torch.Tensor:
@@ -208,14 +208,14 @@ class Pipeline:
                 return latents if after_step is None else after_step(i, t, latents)
 
             def excite(i: int, t, latents: torch.Tensor) -> torch.Tensor:
-                if subjects is None:
+                if excite_guide is None:
                     return latents
                 # its extra pass runs the conditional rows only, with their share of the layout bias
                 rows = guide.from_row(first_row) if guide is not None else contextlib.nullcontext()
                 with rows:
-                    return subjects.update(m.unet, scheduler, i, t, latents, cond)
+                    return excite_guide.update(m.unet, scheduler, i, t, latents, cond)
 
-            with recording_attention(m.unet, subjects), layout_attention(m.unet, guide):
+            with recording_attention(m.unet, excite_guide), layout_attention(m.unet, guide):
                 for i, t in enumerate(timesteps):
                     latents = excite(i, t, latents)
                     if i < len(timesteps) - 1:  # resampling: extra rounds, each stepped back
