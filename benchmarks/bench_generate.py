@@ -85,7 +85,7 @@ def main() -> None:
         """``off``: layout and subject guidance off, the same computation as diffusers'."""
         request = replace(base, num_images=n, prompt=prompt)
         if off:
-            request = replace(request, layout_strength=0.0, subject_strength=0.0)
+            request = replace(request, layout_strength=0.0, subject_strength=0.0, count_strength=0.0)
         ours.generate(request, batch_size=n)
 
     def run_theirs(n: int):

@@ -1,5 +1,5 @@
 """Layout guidance: which words a relation places, the bias it adds, and what it leaves alone; and the
-options of both guidances (layout and subject: latentgen.excite), which work alike."""
+options of the three guidances (layout, count, and subject: latentgen.excite), which work alike."""
 
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def test_a_batch_of_mixed_prompts_equals_its_singles(tiny_model, batch_vs_single
     assert np.abs(np.asarray(together[0], np.int16) - np.asarray(plain, np.int16)).max() <= 1
 
 
-KINDS = pytest.mark.parametrize("kind", ["layout", "subject"])
+KINDS = pytest.mark.parametrize("kind", ["layout", "subject", "count"])
 
 
 @KINDS

@@ -63,6 +63,13 @@ SubjectOpt = Annotated[
         "(default: the model's)."
     ),
 ]
+CountOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Count guidance: 'three hearts' gets three places spread over the picture; 0 turns it off "
+        "(default: the model's)."
+    ),
+]
 KarrasOpt = Annotated[bool | None, typer.Option("--karras/--no-karras", help="Karras sigmas.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed of image 0; image i uses seed+i. Default: random.")]
 NumImagesOpt = Annotated[int | None, typer.Option("--num-images", "-N", help="How many images.")]
@@ -92,6 +99,7 @@ def generate(
     karras: KarrasOpt = None,
     layout_strength: LayoutOpt = None,
     subject_strength: SubjectOpt = None,
+    count_strength: CountOpt = None,
     seed: SeedOpt = None,
     width: Annotated[int | None, typer.Option(help="Pixels (default: the model's).")] = None,
     height: Annotated[int | None, typer.Option(help="Pixels (default: the model's).")] = None,
@@ -154,6 +162,7 @@ def generate(
         "karras": karras,
         "layout_strength": layout_strength,
         "subject_strength": subject_strength,
+        "count_strength": count_strength,
         "seed": seed,
         "width": width,
         "height": height,
@@ -225,6 +234,7 @@ def inpaint(
     karras: KarrasOpt = None,
     layout_strength: LayoutOpt = None,
     subject_strength: SubjectOpt = None,
+    count_strength: CountOpt = None,
     seed: SeedOpt = None,
     num_images: NumImagesOpt = None,
     batch_size: BatchSizeOpt = 1,
@@ -254,6 +264,7 @@ def inpaint(
         "karras": karras,
         "layout_strength": layout_strength,
         "subject_strength": subject_strength,
+        "count_strength": count_strength,
         "seed": seed,
         "num_images": num_images,
     }
@@ -345,6 +356,9 @@ def batch(
     subject_strength: Annotated[
         float | None, typer.Option(help="Default subject guidance strength (0: off).")
     ] = None,
+    count_strength: Annotated[
+        float | None, typer.Option(help="Default count guidance strength (0: off).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Default seed of each line's image 0 (image i: seed+i).")] = 0,
     width: Annotated[int | None, typer.Option(help="Default width.")] = None,
     height: Annotated[int | None, typer.Option(help="Default height.")] = None,
@@ -382,6 +396,7 @@ def batch(
         ("sampler", sampler),
         ("layout_strength", layout_strength),
         ("subject_strength", subject_strength),
+        ("count_strength", count_strength),
     ):
         if value is not None:
             defaults[key] = value
@@ -522,6 +537,7 @@ def eval_(
     karras: Annotated[bool, typer.Option("--karras/--no-karras", help="Karras sigmas.")] = False,
     layout_strength: LayoutOpt = None,
     subject_strength: SubjectOpt = None,
+    count_strength: CountOpt = None,
     seed: Annotated[int, typer.Option(help="Image j of every prompt uses seed + j.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per U-Net batch.")] = 32,
     limit: Annotated[int | None, typer.Option(help="Prompts per category (default: all).")] = None,
@@ -546,6 +562,7 @@ def eval_(
         karras=karras,
         layout_strength=layout_strength,
         subject_strength=subject_strength,
+        count_strength=count_strength,
         batch_size=batch_size,
         prompts_per_category=limit,
     )
@@ -656,6 +673,9 @@ def train_export_cmd(
     subject_strength: Annotated[
         float, typer.Option(help="Default subject guidance strength written into the model (0: off).")
     ] = 0.0,
+    count_strength: Annotated[
+        float, typer.Option(help="Default count guidance strength written into the model (0: off).")
+    ] = 0.0,
     family: Annotated[str | None, typer.Option(help="Family name recorded in latentgen.json.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
@@ -673,6 +693,7 @@ def train_export_cmd(
         inpaint_guidance=inpaint_guidance,
         layout_strength=layout_strength,
         subject_strength=subject_strength,
+        count_strength=count_strength,
         family=family,
         overwrite=overwrite,
     )

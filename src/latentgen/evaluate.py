@@ -41,6 +41,7 @@ class EvalConfig:
     karras: bool = False
     layout_strength: float | None = None  # None: the model's default
     subject_strength: float | None = None  # None: the model's default
+    count_strength: float | None = None  # None: the model's default
     batch_size: int = 32  # images per U-Net batch (prompts are mixed within a batch)
     prompts_per_category: int | None = None  # None: all; fewer for quick looks and tests
     write_images: bool = True
@@ -57,6 +58,7 @@ def resolve_settings(cfg: EvalConfig, source) -> GenerationRequest:
         seed=cfg.seed,
         layout_strength=cfg.layout_strength,
         subject_strength=cfg.subject_strength,
+        count_strength=cfg.count_strength,
     )
     return request.resolve(source)
 

@@ -53,6 +53,7 @@ class ModelDefaults:
     inpaint_guidance: float | None = None
     layout_strength: float = 0.0  # layout guidance (latentgen.layout); on only where measured
     subject_strength: float = 0.0  # subject guidance (latentgen.excite); on only where measured
+    count_strength: float = 0.0  # count guidance (latentgen.layout); on only where measured
 
 
 @dataclass
@@ -204,7 +205,7 @@ def _read_folder(name: str, path: Path) -> ModelSource:
         )
 
     strengths = {}
-    for kind in ("layout", "subject"):
+    for kind in ("layout", "subject", "count"):
         key = f"latentgen_default_{kind}_strength"
         value = sched_cfg.get(key, 0.0)
         if not is_nonnegative(value):

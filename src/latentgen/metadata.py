@@ -80,6 +80,8 @@ def a1111_parameters(gen: GeneratedImage) -> str:
         fields.append(("Layout strength", f"{r.layout_strength:g}"))
     if r.subject_strength:
         fields.append(("Subject strength", f"{r.subject_strength:g}"))
+    if r.count_strength:
+        fields.append(("Count strength", f"{r.count_strength:g}"))
     if gen.edit is not None:
         fields.append(("Denoising strength", f"{gen.edit.strength:g}"))
         if gen.edit.mode is EditMode.INPAINT:
@@ -130,8 +132,9 @@ def read_text_chunks(path: str | os.PathLike) -> dict[str, str]:
 
 
 def request_of(rec: dict[str, Any]) -> GenerationRequest:
-    # Records written before layout or subject guidance existed lack its strength: it was off then.
-    return GenerationRequest.from_dict({"layout_strength": 0.0, "subject_strength": 0.0, **rec["request"]})
+    # Records written before layout, subject or count guidance existed lack its strength: it was off then.
+    off = {"layout_strength": 0.0, "subject_strength": 0.0, "count_strength": 0.0}
+    return GenerationRequest.from_dict({**off, **rec["request"]})
 
 
 def edit_of(rec: dict[str, Any]) -> EditRequest | None:

@@ -2,8 +2,8 @@
 
     validate → tokenize → encode prompt and negative prompt → seeded noise → sampler loop
     (U-Net + classifier-free guidance, cross-attention biased by layout guidance for prompts with a
-    relation; before each step, subject guidance nudges the latents of prompts naming two things
-    without one) → VAE decode → non-finite check → PIL images
+    relation, and by count guidance for counted phrases like "three hearts"; before each step,
+    subject guidance nudges the latents of prompts naming two things without a relation) → VAE decode → non-finite check → PIL images
 
 :meth:`Pipeline.generate` serves one :class:`GenerationRequest`; :meth:`Pipeline.sample` is the one
 sampling loop underneath, over a U-Net batch of :class:`Job` s that share :class:`Settings`. Batch
@@ -27,7 +27,17 @@ from PIL import Image
 from latentgen.devices import dtype_name
 from latentgen.errors import NonFiniteError, UsageError
 from latentgen.excite import SubjectGuide, Subjects, recording_attention, subject_spans
-from latentgen.layout import LayoutBias, bias_map, describe, layout_attention, token_placements
+from latentgen.layout import (
+    LayoutBias,
+    bias_map,
+    count_map,
+    count_places,
+    describe,
+    describe_counts,
+    layout_attention,
+    token_counts,
+    token_placements,
+)
 from latentgen.loader import Model
 from latentgen.request import GenerationRequest
 from latentgen.samplers import Sampler, build_scheduler, is_stochastic, scheduler_state, step_back
@@ -54,6 +64,7 @@ class Settings:
     karras: bool = False
     layout_strength: float = 0.0  # layout guidance (layout.py); 0: off
     subject_strength: float = 0.0  # subject guidance (excite.py); 0: off
+    count_strength: float = 0.0  # count guidance (layout.py); 0: off
 
     @classmethod
     def of(cls, req: GenerationRequest) -> Settings:
@@ -66,6 +77,7 @@ class Settings:
             req.karras,
             req.layout_strength,
             req.subject_strength,
+            req.count_strength,
         )
 
 
@@ -113,6 +125,7 @@ class Pipeline:
         self.model = model
         self._emb_cache: dict[str, torch.Tensor] = {}
         self._placement_cache: dict[str, dict[int, tuple[int, int]]] = {}
+        self._count_cache: dict[str, list[tuple[tuple[int, ...], int]]] = {}
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -233,21 +246,27 @@ class Pipeline:
 
     def layout_guide(self, jobs: Sequence[Job], settings: Settings, first_row: int) -> LayoutBias | None:
         """The cross-attention bias of a U-Net batch whose rows ``first_row + j`` are ``jobs``' prompts
-        (the rows before them, the unconditional half, get none), or None when layout guidance is off
-        or no prompt has a relation to place."""
-        if settings.layout_strength <= 0:
-            return None
-        found = [self.placements(job.prompt) for job in jobs]
-        if not any(found):
+        (the rows before them, the unconditional half, get none): layout guidance's sides for the
+        nouns a relation places, count guidance's places for counted phrases ("three hearts"). None
+        when both are off or no prompt has anything to place."""
+        placed = [self.placements(job.prompt) if settings.layout_strength > 0 else {} for job in jobs]
+        counted = [self.counts(job.prompt) if settings.count_strength > 0 else [] for job in jobs]
+        if not any(placed) and not any(counted):
             return None
         factor = self.model.source.vae_scale_factor
         h, w = settings.height // factor, settings.width // factor
         length = self.model.tokenizer.model_max_length
         bias = torch.zeros(first_row + len(jobs), length, h, w)
-        for j, tokens in enumerate(found):
+        for j, (job, tokens, found) in enumerate(zip(jobs, placed, counted, strict=True)):
             if tokens:
-                bias[first_row + j] = bias_map(tokens, length, h, w)
-        return LayoutBias(bias.to(self.model.device) * settings.layout_strength)
+                bias[first_row + j] = bias_map(tokens, length, h, w) * settings.layout_strength
+            if found:
+                places, spacing = count_places([n for _, n in found], job.seed)
+                for (ks, _), centres in zip(found, places, strict=True):
+                    bias[first_row + j, list(ks)] = (
+                        count_map(centres, spacing, h, w) * settings.count_strength
+                    )
+        return LayoutBias(bias.to(self.model.device))
 
     def subject_guide(self, jobs: Sequence[Job], settings: Settings, steps: int) -> SubjectGuide | None:
         """Subject guidance for a U-Net batch of ``jobs``, or None when it is off or no prompt names
@@ -289,6 +308,19 @@ class Pipeline:
             if len(self._placement_cache) > 1024:
                 self._placement_cache.clear()
             self._placement_cache[prompt] = found
+        return found
+
+    def counts(self, prompt: str) -> list[tuple[tuple[int, ...], int]]:
+        """(token indices, number) of every counted phrase of ``prompt`` ("three hearts") that no
+        relation places, as the text encoder sees the prompt."""
+        found = self._count_cache.get(prompt)
+        if found is None:
+            copies = self.model.source.prompt_repeat
+            kept = prompt if copies == 1 else self._split(prompt)[0]
+            found = token_counts(self.model.tokenizer, kept, copies)
+            if len(self._count_cache) > 1024:
+                self._count_cache.clear()
+            self._count_cache[prompt] = found
         return found
 
     def encode(self, text: str) -> torch.Tensor:
@@ -361,7 +393,7 @@ class Pipeline:
 
     def explain_guidance(self, req: GenerationRequest) -> None:
         """Log (info) where layout guidance will put the prompt's nouns, or else which nouns subject
-        guidance will give a place each, if any."""
+        guidance will give a place each, and how many places count guidance gives counted phrases."""
         where = describe(req.prompt) if req.layout_strength > 0 else ""
         if where:
             log.info("layout guidance %g: %s", req.layout_strength, where)
@@ -369,6 +401,9 @@ class Pipeline:
             names = [req.prompt[a:b] for a, b in subject_spans(req.prompt)]
             if len(names) >= 2:
                 log.info("subject guidance %g: %s get a place each", req.subject_strength, ", ".join(names))
+        places = describe_counts(req.prompt) if req.count_strength > 0 else ""
+        if places:
+            log.info("count guidance %g: %s", req.count_strength, places)
 
     def decode(self, latents: torch.Tensor) -> tuple[torch.Tensor, tuple[str, ...]]:
         """VAE-decode ``latents [B, C, h, w]`` to pixels ``[B, 3, H, W]``; retry in fp32 on NaN/inf."""

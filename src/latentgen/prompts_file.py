@@ -35,6 +35,7 @@ FIELDS = (
     "num_images",
     "layout_strength",
     "subject_strength",
+    "count_strength",
     "name",
 )
 INT_FIELDS = ("seed", "steps", "width", "height", "num_images")
@@ -150,7 +151,7 @@ def typed_fields(values: dict[str, Any]) -> dict[str, Any]:
             continue
         if key in INT_FIELDS:
             out[key] = _as_int(key, value)
-        elif key in ("guidance", "layout_strength", "subject_strength"):
+        elif key in ("guidance", "layout_strength", "subject_strength", "count_strength"):
             try:
                 out[key] = float(value)
             except (TypeError, ValueError):

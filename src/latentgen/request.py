@@ -38,6 +38,7 @@ class GenerationRequest:
     num_images: int = 1
     layout_strength: float | None = None  # layout guidance (latentgen.layout); 0: off; default: the model's
     subject_strength: float | None = None  # subject guidance (latentgen.excite); 0: off; default: the model's
+    count_strength: float | None = None  # count guidance (latentgen.layout); 0: off; default: the model's
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -73,6 +74,9 @@ class GenerationRequest:
                 if self.subject_strength is not None
                 else source.defaults.subject_strength
             ),
+            count_strength=(
+                self.count_strength if self.count_strength is not None else source.defaults.count_strength
+            ),
         )
         validate(req, source.vae_scale_factor)
         return req
@@ -103,7 +107,12 @@ def validate(req: GenerationRequest, vae_factor: int) -> None:
     g = req.guidance
     if not is_nonnegative(g):
         raise UsageError(f"guidance {g!r} is invalid; use a number ≥ 0 (7.5 is typical, ≤ 1 disables CFG)")
-    for name, value in (("layout", req.layout_strength), ("subject", req.subject_strength)):
+    strengths = (
+        ("layout", req.layout_strength),
+        ("subject", req.subject_strength),
+        ("count", req.count_strength),
+    )
+    for name, value in strengths:
         if not is_nonnegative(value):
             raise UsageError(
                 f"{name} strength {value!r} is invalid; use a number ≥ 0 (0 turns {name} guidance off)"

@@ -53,6 +53,7 @@ def export_model(
     inpaint_guidance: float | None = None,  # latentgen_inpaint_guidance; None: ``guidance``
     layout_strength: float = 0.0,  # latentgen_default_layout_strength (latentgen.layout); 0: off
     subject_strength: float = 0.0,  # latentgen_default_subject_strength (latentgen.excite); 0: off
+    count_strength: float = 0.0,  # latentgen_default_count_strength (latentgen.layout); 0: off
     family: str | None = None,  # written to latentgen.json, e.g. "builtin"
     overwrite: bool = False,
 ) -> Path:
@@ -69,7 +70,7 @@ def export_model(
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; choose another folder or pass overwrite")
     sampler_name = Sampler.parse(sampler)
-    strengths = {"layout": layout_strength, "subject": subject_strength}
+    strengths = {"layout": layout_strength, "subject": subject_strength, "count": count_strength}
     for kind, value in strengths.items():
         if not is_nonnegative(value):
             raise UsageError(f"{kind} strength {value!r} is invalid; use a number ≥ 0 (0: off)")
