@@ -85,6 +85,22 @@ def batch_vs_singles():
     return diffs
 
 
+@pytest.fixture()
+def guidance_log(caplog):
+    """``(pipe, requests) → [message]``: the info lines with "guidance" in them that generating each
+    request logs, in order."""
+    import logging
+
+    def said(pipe, requests) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="latentgen"):
+            for request in requests:
+                pipe.generate(request)
+        return [r.getMessage() for r in caplog.records if "guidance" in r.getMessage()]
+
+    return said
+
+
 def _benchmark(name: str):
     """benchmarks/NAME.py as a module (the benchmarks folder is not a package)."""
     import importlib.util

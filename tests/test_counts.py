@@ -168,14 +168,6 @@ def test_a_batch_of_mixed_prompts_and_seeds_equals_its_singles(tiny_model):
         assert np.abs(np.asarray(image, np.int16) - np.asarray(alone, np.int16)).max() <= 1, job
 
 
-def test_the_log_says_how_many_places(tiny_model, caplog):
-    import logging
-
-    pipe = Pipeline(tiny_model)
-    with caplog.at_level(logging.INFO, logger="latentgen"):
-        pipe.generate(req("three red cats", 3.0))
-        pipe.generate(req("three red cats", 0.0))
-        pipe.generate(req("a red cat", 3.0))
-    assert [r.getMessage() for r in caplog.records if "count" in r.getMessage()] == [
-        "count guidance 3: three red cats → 3 places"
-    ]
+def test_the_log_says_how_many_places(tiny_model, guidance_log):
+    requests = [req("three red cats", 3.0), req("three red cats", 0.0), req("a red cat", 3.0)]
+    assert guidance_log(Pipeline(tiny_model), requests) == ["count guidance 3: three red cats → 3 places"]

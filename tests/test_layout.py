@@ -269,9 +269,7 @@ def test_layout_runs_in_fp16(tiny_model_dir):
     assert arr.std() > 0 and np.abs(arr - np.asarray(off, dtype=np.int16)).max() > 0
 
 
-def test_the_log_says_where_the_nouns_go(tiny_model, caplog):
-    import logging
-
+def test_the_log_says_where_the_nouns_go(tiny_model, guidance_log):
     from latentgen.layout import describe
 
     assert describe("a red cat wearing a hat above a big star on a white background") == (
@@ -279,11 +277,5 @@ def test_the_log_says_where_the_nouns_go(tiny_model, caplog):
     )
     assert describe("a cat next to a star") == "cat → left, star → right"
     assert describe("a red cat") == ""
-    pipe = Pipeline(tiny_model)
-    with caplog.at_level(logging.INFO, logger="latentgen"):
-        pipe.generate(req("a cat left of a star", 4.0))
-        pipe.generate(req("a cat left of a star", 0.0))
-        pipe.generate(req("a red cat", 4.0))
-    assert [r.getMessage() for r in caplog.records if "layout" in r.getMessage()] == [
-        "layout guidance 4: cat → left, star → right"
-    ]
+    requests = [req("a cat left of a star", 4.0), req("a cat left of a star", 0.0), req("a red cat", 4.0)]
+    assert guidance_log(Pipeline(tiny_model), requests) == ["layout guidance 4: cat → left, star → right"]

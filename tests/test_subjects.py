@@ -197,16 +197,16 @@ def test_runs_in_fp16(tiny_model_dir):
     assert on.std() > 0 and np.abs(on - off).max() > 0
 
 
-def test_the_log_names_the_subjects(tiny_model, caplog):
-    import logging
-
-    pipe = Pipeline(tiny_model)
-    with caplog.at_level(logging.INFO, logger="latentgen"):
-        pipe.generate(req("a red cat and a star", 80.0))
-        pipe.generate(req("a red cat and a star", 0.0))
-        pipe.generate(req("a cat wearing a hat", 80.0))
-        pipe.generate(req("a cat above a star", 80.0, layout_strength=4.0))  # layout guidance's to place
-    said = [r.getMessage() for r in caplog.records if "guidance" in r.getMessage()]
+def test_the_log_names_the_subjects(tiny_model, guidance_log):
+    said = guidance_log(
+        Pipeline(tiny_model),
+        [
+            req("a red cat and a star", 80.0),
+            req("a red cat and a star", 0.0),
+            req("a cat wearing a hat", 80.0),
+            req("a cat above a star", 80.0, layout_strength=4.0),  # layout guidance's to place
+        ],
+    )
     assert said == [
         "subject guidance 80: red cat, star get a place each",
         "layout guidance 4: cat → top, star → bottom",

@@ -3,7 +3,8 @@
     validate → tokenize → encode prompt and negative prompt → seeded noise → sampler loop
     (U-Net + classifier-free guidance, cross-attention biased by layout guidance for prompts with a
     relation, and by count guidance for counted phrases like "three hearts"; before each step,
-    subject guidance nudges the latents of prompts naming two things without a relation) → VAE decode → non-finite check → PIL images
+    subject guidance nudges the latents of prompts naming two things without a relation) → VAE
+    decode → non-finite check → PIL images
 
 :meth:`Pipeline.generate` serves one :class:`GenerationRequest`; :meth:`Pipeline.sample` is the one
 sampling loop underneath, over a U-Net batch of :class:`Job` s that share :class:`Settings`. Batch
@@ -300,27 +301,23 @@ class Pipeline:
     def placements(self, prompt: str) -> dict[int, tuple[int, int]]:
         """Token index → (axis, side) for the words a relation in ``prompt`` places, as the text
         encoder sees the prompt (cut to its limit, repeated for a ``prompt_repeat`` model)."""
-        found = self._placement_cache.get(prompt)
-        if found is None:
-            copies = self.model.source.prompt_repeat
-            kept = prompt if copies == 1 else self._split(prompt)[0]
-            found = token_placements(self.model.tokenizer, kept, copies)
-            if len(self._placement_cache) > 1024:
-                self._placement_cache.clear()
-            self._placement_cache[prompt] = found
-        return found
+        return self._read_prompt(self._placement_cache, prompt, token_placements)
 
     def counts(self, prompt: str) -> list[tuple[tuple[int, ...], int]]:
         """(token indices, number) of every counted phrase of ``prompt`` ("three hearts") that no
         relation places, as the text encoder sees the prompt."""
-        found = self._count_cache.get(prompt)
+        return self._read_prompt(self._count_cache, prompt, token_counts)
+
+    def _read_prompt(self, cache: dict, prompt: str, read: Callable):
+        """``read(tokenizer, prompt's own text, copies)``, cached per prompt in ``cache``."""
+        found = cache.get(prompt)
         if found is None:
             copies = self.model.source.prompt_repeat
             kept = prompt if copies == 1 else self._split(prompt)[0]
-            found = token_counts(self.model.tokenizer, kept, copies)
-            if len(self._count_cache) > 1024:
-                self._count_cache.clear()
-            self._count_cache[prompt] = found
+            found = read(self.model.tokenizer, kept, copies)
+            if len(cache) > 1024:
+                cache.clear()
+            cache[prompt] = found
         return found
 
     def encode(self, text: str) -> torch.Tensor:
