@@ -3,9 +3,11 @@
 Measures seconds per image for 1 and 16 images per call (``--sizes``) at the model's default sampler,
 steps and guidance (CFG on), the ratio latentgen/diffusers (below 1 means latentgen is faster), with
 latentgen's layout guidance at the model's default (the prompt has a relation, so it is at work where
-the model turns it on) and with layout and subject guidance off (the same computation as
-diffusers), latentgen on a prompt naming two things with no relation (``AND_PROMPT``: subject guidance at the model's default, one more U-Net pass
-with gradients per step where the model turns it on), and the wall time and peak resident memory of
+the model turns it on) and with layout, subject and count guidance off (the same computation as
+diffusers), latentgen on a prompt naming two things with no relation (``AND_PROMPT``: subject
+guidance at the model's default, one more U-Net pass with gradients per step where the model turns
+it on) and on a counted prompt (``COUNT_PROMPT``: count guidance at the model's default), and the
+wall time and peak resident memory of
 one whole ``latentgen generate`` process (interpreter start + import + load + generate + write) for
 the same sizes, and for the second prompt.
 
@@ -36,6 +38,7 @@ from latentgen.tiny import bench_model, reference_pipeline
 HERE = Path(__file__).parent
 PROMPT = "a red circle above a blue square"
 AND_PROMPT = "a red circle and a blue square"
+COUNT_PROMPT = "four small blue stars"
 
 
 def timed(fn) -> float:
@@ -82,7 +85,7 @@ def main() -> None:
     sizes = [int(n) for n in args.sizes.split(",")]
 
     def run_ours(n: int, off: bool = False, prompt: str = PROMPT):
-        """``off``: layout and subject guidance off, the same computation as diffusers'."""
+        """``off``: layout, subject and count guidance off, the same computation as diffusers'."""
         request = replace(base, num_images=n, prompt=prompt)
         if off:
             request = replace(request, layout_strength=0.0, subject_strength=0.0, count_strength=0.0)
@@ -101,24 +104,29 @@ def main() -> None:
     results = {}
     for n in sizes:
         run_ours(n), run_ours(n, off=True), run_ours(n, prompt=AND_PROMPT), run_theirs(n)  # warm-up
-        t_ours, t_off, t_and, t_theirs = [], [], [], []
+        run_ours(n, prompt=COUNT_PROMPT)
+        t_ours, t_off, t_and, t_count, t_theirs = [], [], [], [], []
         for _ in range(args.repeats):  # alternate, so drift in machine load hits all alike
             t_ours.append(timed(lambda n=n: run_ours(n)) / n)
             t_off.append(timed(lambda n=n: run_ours(n, off=True)) / n)
             t_and.append(timed(lambda n=n: run_ours(n, prompt=AND_PROMPT)) / n)
+            t_count.append(timed(lambda n=n: run_ours(n, prompt=COUNT_PROMPT)) / n)
             t_theirs.append(timed(lambda n=n: run_theirs(n)) / n)
         theirs_s = statistics.median(t_theirs)
         results[f"{n}_images"] = {
             "latentgen_s_per_image": statistics.median(t_ours),
             "latentgen_layout_off_s_per_image": statistics.median(t_off),
             "latentgen_two_subjects_s_per_image": statistics.median(t_and),
+            "latentgen_counted_s_per_image": statistics.median(t_count),
             "diffusers_s_per_image": theirs_s,
             "ratio_latentgen_over_diffusers": statistics.median(t_ours) / theirs_s,
             "ratio_layout_off_over_diffusers": statistics.median(t_off) / theirs_s,
             "ratio_two_subjects_over_diffusers": statistics.median(t_and) / theirs_s,
+            "ratio_counted_over_diffusers": statistics.median(t_count) / theirs_s,
             "runs_latentgen": t_ours,
             "runs_latentgen_layout_off": t_off,
             "runs_latentgen_two_subjects": t_and,
+            "runs_latentgen_counted": t_count,
             "runs_diffusers": t_theirs,
         }
 
@@ -160,6 +168,7 @@ def main() -> None:
         "guidance": guidance,
         "layout_strength": base.layout_strength,
         "subject_strength": base.subject_strength,
+        "count_strength": base.count_strength,
         "device": "cpu",
         "dtype": "fp32",
         "torch_threads": torch.get_num_threads(),
@@ -178,21 +187,25 @@ def main() -> None:
         f"Model: {model_label}, {size}×{size}, {steps} steps {sampler.value}, CFG {guidance}, CPU fp32, "
         f"{torch.get_num_threads()} threads, median of {args.repeats} alternating runs. Prompt "
         f"{PROMPT!r}; latentgen at the model's layout guidance strength ({base.layout_strength:g}) and "
-        f"with both guidances off (the same computation as diffusers); and latentgen on {AND_PROMPT!r}, which "
+        f"with every guidance off (the same computation as diffusers); and latentgen on {AND_PROMPT!r}, which "
         f"has no relation to place and names two subjects, at the model's subject guidance strength "
-        f"({base.subject_strength:g}; above 0 it costs one more U-Net pass with gradients per step).",
+        f"({base.subject_strength:g}; above 0 it costs one more U-Net pass with gradients per step); "
+        f"and on {COUNT_PROMPT!r} at the model's count guidance strength ({base.count_strength:g}; a bias "
+        "on the cross-attention scores, like layout guidance).",
         "",
         "| images per call | latentgen s/image | latentgen, guidance off | latentgen, two subjects "
-        "| diffusers s/image | ratios to diffusers (latentgen / guidance off / two subjects) |",
-        "|---|---|---|---|---|---|",
+        "| latentgen, counted | diffusers s/image "
+        "| ratios to diffusers (latentgen / guidance off / two subjects / counted) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for n in sizes:
         r = results[f"{n}_images"]
         lines.append(
             f"| {n} | {r['latentgen_s_per_image']:.3f} | {r['latentgen_layout_off_s_per_image']:.3f} | "
-            f"{r['latentgen_two_subjects_s_per_image']:.3f} | {r['diffusers_s_per_image']:.3f} | "
+            f"{r['latentgen_two_subjects_s_per_image']:.3f} | {r['latentgen_counted_s_per_image']:.3f} | "
+            f"{r['diffusers_s_per_image']:.3f} | "
             f"{r['ratio_latentgen_over_diffusers']:.2f} / {r['ratio_layout_off_over_diffusers']:.2f} / "
-            f"{r['ratio_two_subjects_over_diffusers']:.2f} |"
+            f"{r['ratio_two_subjects_over_diffusers']:.2f} / {r['ratio_counted_over_diffusers']:.2f} |"
         )
     lines += [
         "",
