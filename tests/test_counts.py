@@ -171,3 +171,42 @@ def test_a_batch_of_mixed_prompts_and_seeds_equals_its_singles(tiny_model):
 def test_the_log_says_how_many_places(tiny_model, guidance_log):
     requests = [req("three red cats", 3.0), req("three red cats", 0.0), req("a red cat", 3.0)]
     assert guidance_log(Pipeline(tiny_model), requests) == ["count guidance 3: three red cats → 3 places"]
+
+
+def test_places_keep_inside_a_region():
+    region = (0.5, 0.0, 1.0, 0.5)  # the top right quarter
+    places, spacing = count_places([2, 2], seed=3, region=region)
+    whole, whole_spacing = count_places([2, 2], seed=3)
+    assert spacing == whole_spacing / 2
+    for (x, y), (wx, wy) in zip(
+        [xy for p in places for xy in p], [xy for p in whole for xy in p], strict=True
+    ):
+        assert (x, y) == pytest.approx((0.5 + wx / 2, wy / 2))  # the same figure, scaled into it
+
+
+def test_an_inpainting_mask_gives_the_places_its_box(tiny_model, tmp_path, monkeypatch):
+    from PIL import Image
+
+    import latentgen.edit as edit
+    from latentgen.edit import mask_region
+
+    mask = np.zeros((32, 64), np.float32)
+    mask[8:16, 40:56] = 1
+    assert mask_region(mask) == (40 / 64, 8 / 32, 56 / 64, 16 / 32)
+    assert mask_region(None) == (0, 0, 1, 1) and mask_region(np.zeros((4, 4))) == (0, 0, 1, 1)
+
+    # an inpainting run hands its mask's box to the sampler
+    seen = []
+    original = Pipeline.layout_guide
+    monkeypatch.setattr(
+        Pipeline,
+        "layout_guide",
+        lambda self, *a, region, **k: seen.append(region) or original(self, *a, region=region, **k),
+    )
+    Image.new("RGB", (16, 16), "white").save(tmp_path / "in.png")
+    m = np.zeros((16, 16), np.uint8)
+    m[:8, 8:] = 255
+    Image.fromarray(m).save(tmp_path / "mask.png")
+    request = req("two cats", 3.0).resolve(tiny_model.source)
+    edit.inpaint(Pipeline(tiny_model), request, tmp_path / "in.png", tmp_path / "mask.png")
+    assert seen == [(0.5, 0.0, 1.0, 0.5)]

@@ -40,6 +40,7 @@ from PIL import Image
 from latentgen.devices import dtype_name
 from latentgen.errors import ModelLoadError, NonFiniteError, UsageError
 from latentgen.images import LoadedImage, load_image, load_mask
+from latentgen.layout import WHOLE, Region
 from latentgen.loader import Model, ModelSource
 from latentgen.pipeline import GeneratedImage, Job, Pipeline, ProgressFn, Settings
 from latentgen.request import MAX_SIDE, GenerationRequest
@@ -323,6 +324,19 @@ def _warn_about_mask(mask: np.ndarray, label: str, edit: EditRequest) -> None:
         )
 
 
+def mask_region(mask: np.ndarray | None) -> Region:
+    """The box ``(left, top, right, bottom)``, in [0, 1] of the canvas, of the part ``mask`` repaints:
+    where count guidance puts its places. The whole canvas without a mask (img2img) or with an empty one.
+    """
+    if mask is None:
+        return WHOLE
+    rows, cols = np.nonzero(mask > 0.5)
+    if rows.size == 0:
+        return WHOLE
+    h, w = mask.shape
+    return (cols.min() / w, rows.min() / h, (cols.max() + 1) / w, (rows.max() + 1) / h)
+
+
 def binary_mask(gray: np.ndarray) -> np.ndarray:
     """``[H, W]`` 8-bit gray → float32 0/1; as diffusers binarises: value/255 ≥ 0.5 is repaint."""
     return (gray.astype(np.float32) / 255.0 >= 0.5).astype(np.float32)
@@ -439,6 +453,7 @@ def iter_edit(
             unet_input=hooks.unet_input if extra_channels else None,
             after_step=hooks.after_step if inputs.blend_mask is not None else None,
             resample=edit.resample or 1,
+            region=mask_region(job.mask),
         )
         # 6. Crop back to the output's size and paste the kept pixels back.
         for offset, (j, image) in enumerate(zip(chunk, images, strict=True)):

@@ -218,9 +218,18 @@ def describe_counts(text: str) -> str:
     return ", ".join(f"{text[c.start : c.end]} → {c.number} places" for c in counts(text))
 
 
-def count_places(numbers: list[int], seed: int) -> tuple[list[list[tuple[float, float]]], float]:
+Region = tuple[float, float, float, float]  # (left, top, right, bottom) in [0, 1] of the picture
+WHOLE: Region = (0.0, 0.0, 1.0, 1.0)
+
+
+def count_places(
+    numbers: list[int], seed: int, region: Region = WHOLE
+) -> tuple[list[list[tuple[float, float]]], float]:
     """Where the objects of a prompt's counts go: per count its places' centres ``(x, y)`` in [0, 1]
     (x from the left, y from the top), and the spacing of the grid they lie on.
+
+    ``region``: the part of the picture the grid covers (inpainting: the box of the mask), the whole
+    picture by default; the spacing is then the grid's along the region's shorter side.
 
     The places are cells of a square grid over the middle of the picture, 2 x 2 for up to four
     objects in all, 3 x 3 for up to nine, and so on; ``seed`` picks the cells and jitters each place
@@ -242,11 +251,13 @@ def count_places(numbers: list[int], seed: int) -> tuple[list[list[tuple[float, 
         )
         for c in cells
     ]
+    left, top, right, bottom = region
+    points = [(left + x * (right - left), top + y * (bottom - top)) for x, y in points]
     out, first = [], 0
     for n in numbers:
         out.append(points[first : first + n])
         first += n
-    return out, spacing
+    return out, spacing * min(right - left, bottom - top)
 
 
 def count_map(centres: list[tuple[float, float]], spacing: float, height: int, width: int) -> torch.Tensor:

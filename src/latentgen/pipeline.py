@@ -29,7 +29,9 @@ from latentgen.devices import dtype_name
 from latentgen.errors import NonFiniteError, UsageError
 from latentgen.excite import SubjectGuide, Subjects, recording_attention, subject_spans
 from latentgen.layout import (
+    WHOLE,
     LayoutBias,
+    Region,
     bias_map,
     count_map,
     count_places,
@@ -169,8 +171,12 @@ class Pipeline:
         before_noise: BeforeNoiseFn | None = None,
         unet_input: UNetInputFn | None = None,
         resample: int = 1,
+        region: Region = WHOLE,
     ) -> tuple[list[Image.Image], tuple[str, ...]]:
         """Run one U-Net batch: every job shares ``settings``. Returns PIL images and notes.
+
+        ``region`` (left, top, right, bottom in [0, 1]): where count guidance may put its places;
+        an inpainting job passes the box of its mask.
 
         ``resample`` > 1 runs every step but the last that many times, re-noising back to the step's
         start in between (RePaint): with ``after_step`` pinning the kept part of an image, the
@@ -205,7 +211,7 @@ class Pipeline:
             # is unmeasured there.)
             text_emb = torch.cat([uncond, cond]) if do_cfg else cond  # [2B or B, T, D]
             first_row = len(jobs) if do_cfg else 0
-            guide = self.layout_guide(jobs, settings, first_row=first_row)
+            guide = self.layout_guide(jobs, settings, first_row=first_row, region=region)
             excite_guide = self.subject_guide(jobs, settings, len(timesteps)) if unet_input is None else None
             step_kwargs = {"generator": generators} if is_stochastic(settings.sampler) else {}
 
@@ -245,11 +251,13 @@ class Pipeline:
             pixels, notes = self.decode(latents)  # [B, 3, H, W] in [-1, 1]
         return to_pil(pixels), notes
 
-    def layout_guide(self, jobs: Sequence[Job], settings: Settings, first_row: int) -> LayoutBias | None:
+    def layout_guide(
+        self, jobs: Sequence[Job], settings: Settings, first_row: int, region: Region = WHOLE
+    ) -> LayoutBias | None:
         """The cross-attention bias of a U-Net batch whose rows ``first_row + j`` are ``jobs``' prompts
         (the rows before them, the unconditional half, get none): layout guidance's sides for the
-        nouns a relation places, count guidance's places for counted phrases ("three hearts"). None
-        when both are off or no prompt has anything to place."""
+        nouns a relation places, count guidance's places (inside ``region``) for counted phrases
+        ("three hearts"). None when both are off or no prompt has anything to place."""
         placed = [self.placements(job.prompt) if settings.layout_strength > 0 else {} for job in jobs]
         counted = [self.counts(job.prompt) if settings.count_strength > 0 else [] for job in jobs]
         if not any(placed) and not any(counted):
@@ -262,7 +270,7 @@ class Pipeline:
             if tokens:
                 bias[first_row + j] = bias_map(tokens, length, h, w) * settings.layout_strength
             if found:
-                places, spacing = count_places([n for _, n in found], job.seed)
+                places, spacing = count_places([n for _, n in found], job.seed, region)
                 for (ks, _), centres in zip(found, places, strict=True):
                     bias[first_row + j, list(ks)] = (
                         count_map(centres, spacing, h, w) * settings.count_strength
