@@ -70,6 +70,19 @@ CountOpt = Annotated[
         "(default: the model's)."
     ),
 ]
+
+
+def _default_strength(kind: str, where: str = ""):
+    """The option giving the default strength of one guidance (batch lines, exported models)."""
+    return Annotated[float | None, typer.Option(help=f"Default {kind} guidance strength{where} (0: off).")]
+
+
+BatchLayoutOpt, BatchSubjectOpt, BatchCountOpt = (
+    _default_strength(k) for k in ("layout", "subject", "count")
+)
+ExportLayoutOpt, ExportSubjectOpt, ExportCountOpt = (
+    _default_strength(k, " written into the model") for k in ("layout", "subject", "count")
+)
 KarrasOpt = Annotated[bool | None, typer.Option("--karras/--no-karras", help="Karras sigmas.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed of image 0; image i uses seed+i. Default: random.")]
 NumImagesOpt = Annotated[int | None, typer.Option("--num-images", "-N", help="How many images.")]
@@ -350,15 +363,9 @@ def batch(
     guidance: Annotated[float | None, typer.Option(help="Default guidance.")] = None,
     sampler: Annotated[str | None, typer.Option(help="Default sampler.")] = None,
     karras: Annotated[bool, typer.Option("--karras/--no-karras", help="Karras sigmas.")] = False,
-    layout_strength: Annotated[
-        float | None, typer.Option(help="Default layout guidance strength (0: off).")
-    ] = None,
-    subject_strength: Annotated[
-        float | None, typer.Option(help="Default subject guidance strength (0: off).")
-    ] = None,
-    count_strength: Annotated[
-        float | None, typer.Option(help="Default count guidance strength (0: off).")
-    ] = None,
+    layout_strength: BatchLayoutOpt = None,
+    subject_strength: BatchSubjectOpt = None,
+    count_strength: BatchCountOpt = None,
     seed: Annotated[int, typer.Option(help="Default seed of each line's image 0 (image i: seed+i).")] = 0,
     width: Annotated[int | None, typer.Option(help="Default width.")] = None,
     height: Annotated[int | None, typer.Option(help="Default height.")] = None,
@@ -667,15 +674,9 @@ def train_export_cmd(
     inpaint_guidance: Annotated[
         float | None, typer.Option(help="Default guidance for inpainting, if not --guidance.")
     ] = None,
-    layout_strength: Annotated[
-        float, typer.Option(help="Default layout guidance strength written into the model (0: off).")
-    ] = 0.0,
-    subject_strength: Annotated[
-        float, typer.Option(help="Default subject guidance strength written into the model (0: off).")
-    ] = 0.0,
-    count_strength: Annotated[
-        float, typer.Option(help="Default count guidance strength written into the model (0: off).")
-    ] = 0.0,
+    layout_strength: ExportLayoutOpt = 0.0,
+    subject_strength: ExportSubjectOpt = 0.0,
+    count_strength: ExportCountOpt = 0.0,
     family: Annotated[str | None, typer.Option(help="Family name recorded in latentgen.json.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:

@@ -441,6 +441,7 @@ def iter_edit(
     # 5. The sampler loop, one U-Net batch at a time; image i is seeded seed + i.
     images_to_make = [Job(req.prompt, req.negative_prompt, req.seed + i) for i in range(req.num_images)]
     size = max(1, batch_size)
+    region = mask_region(job.mask)  # where count guidance may put its places
     for first in range(0, len(images_to_make), size):
         chunk = images_to_make[first : first + size]
         hooks = _Hooks(m, job, inputs)
@@ -453,7 +454,7 @@ def iter_edit(
             unet_input=hooks.unet_input if extra_channels else None,
             after_step=hooks.after_step if inputs.blend_mask is not None else None,
             resample=edit.resample or 1,
-            region=mask_region(job.mask),
+            region=region,
         )
         # 6. Crop back to the output's size and paste the kept pixels back.
         for offset, (j, image) in enumerate(zip(chunk, images, strict=True)):

@@ -86,17 +86,9 @@ def placements(text: str) -> list[Placement]:
     >>> [(p.axis, p.side) for p in placements("a red cat above a dog")]
     [(0, -1), (0, -1), (0, 1)]
     """
-    items = [(m.group().lower(), m.start(), m.end()) for m in _ITEM.finditer(text)]
+    items = _items(text)
     words = [w for w, _, _ in items]
-    relations = []  # (first word, one past the last word, phrase) of every relation phrase
-    i = 0
-    while i < len(words):
-        phrase = next((p for p in _BY_LENGTH if tuple(words[i : i + len(p)]) == p), None)
-        if phrase is None:
-            i += 1
-        else:
-            relations.append((i, i + len(phrase), phrase))
-            i += len(phrase)
+    relations = _relations(words)
     found: dict[int, Placement] = {}
     for n, (start, end, phrase) in enumerate(relations):
         axis, side = RELATION_PHRASES[phrase]
@@ -111,6 +103,26 @@ def placements(text: str) -> list[Placement]:
                 for k in ks:
                     found.setdefault(k, Placement(items[k][1], items[k][2], axis, s))
     return [found[k] for k in sorted(found)]
+
+
+def _items(text: str) -> list[tuple[str, int, int]]:
+    """The words and punctuation of ``text``: (lower-case item, start, end) with character offsets."""
+    return [(m.group().lower(), m.start(), m.end()) for m in _ITEM.finditer(text)]
+
+
+def _relations(words: list[str]) -> list[tuple[int, int, tuple[str, ...]]]:
+    """(first word, one past the last word, phrase) of every relation phrase in ``words``, left to
+    right, the longest phrase first where several start at one word ("to the left of", not "left of")."""
+    relations = []
+    i = 0
+    while i < len(words):
+        phrase = next((p for p in _BY_LENGTH if tuple(words[i : i + len(p)]) == p), None)
+        if phrase is None:
+            i += 1
+        else:
+            relations.append((i, i + len(phrase), phrase))
+            i += len(phrase)
+    return relations
 
 
 SIDE_NAMES = {(0, -1): "top", (0, 1): "bottom", (1, -1): "left", (1, 1): "right"}
@@ -196,9 +208,9 @@ def counts(text: str) -> list[Count]:
     >>> [(c.number, "three red hearts"[c.start : c.end]) for c in counts("three red hearts")]
     [(3, 'three red hearts')]
     """
-    items = [(m.group().lower(), m.start(), m.end()) for m in _ITEM.finditer(text)]
+    items = _items(text)
     words = [w for w, _, _ in items]
-    relation_at = {i for i in range(len(words)) for p in _BY_LENGTH if tuple(words[i : i + len(p)]) == p}
+    relation_at = {start for start, _, _ in _relations(words)}
     placed = placements(text)
     found = []
     for i, word in enumerate(words):
@@ -228,14 +240,14 @@ def count_places(
     """Where the objects of a prompt's counts go: per count its places' centres ``(x, y)`` in [0, 1]
     (x from the left, y from the top), and the spacing of the grid they lie on.
 
-    ``region``: the part of the picture the grid covers (inpainting: the box of the mask), the whole
-    picture by default; the spacing is then the grid's along the region's shorter side.
-
     The places are cells of a square grid over the middle of the picture, 2 x 2 for up to four
     objects in all, 3 x 3 for up to nine, and so on; ``seed`` picks the cells and jitters each place
     a little, so the images of one prompt differ and a batch equals its singles. The first count
     gets the first places, and so on. (Measured on the built-in model: cells of the grid did better
     than fixed figures, a triangle for three, a row for three: benchmarks/builtin_training.md.)
+
+    ``region``: the part of the picture the grid covers (inpainting: the box of the mask), the whole
+    picture by default; the spacing is then the grid's along the region's shorter side.
     """
     rng = random.Random(seed)
     total = sum(numbers)
