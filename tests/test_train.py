@@ -420,17 +420,27 @@ def test_export_loads_through_the_latentgen_loader(unet_run, tmp_path):
     assert model.source.defaults.layout_strength == 0.0  # off unless the export says
     assert model.source.defaults.subject_strength == 0.0
     assert model.source.defaults.count_strength == 0.0
+    assert model.source.defaults.guidance_rescale == 0.0
     (gen,) = Pipeline(model).generate(GenerationRequest("a red circle", steps=2, seed=0))
     assert gen.image.size == (16, 16) and gen.model_family == "builtin"
     for kind in ("layout", "subject", "count"):
         with pytest.raises(UsageError, match=f"{kind} strength -1 is invalid"):
             export_model(unet_run, tmp_path / "bad", **{f"{kind}_strength": -1})
         assert not (tmp_path / "bad").exists()
+    with pytest.raises(UsageError, match="guidance rescale 1.5 is invalid"):
+        export_model(unet_run, tmp_path / "bad", guidance_rescale=1.5)
+    assert not (tmp_path / "bad").exists()
     out = export_model(
-        unet_run, tmp_path / "guided", layout_strength=6, subject_strength=80, count_strength=3
+        unet_run,
+        tmp_path / "guided",
+        layout_strength=6,
+        subject_strength=80,
+        count_strength=3,
+        guidance_rescale=0.7,
     )
     defaults = load_model(out, device="cpu", dtype="fp32").source.defaults
     assert (defaults.layout_strength, defaults.subject_strength, defaults.count_strength) == (6.0, 80.0, 3.0)
+    assert defaults.guidance_rescale == 0.7
 
 
 def test_export_refuses_a_folder_that_is_no_run(tmp_path):

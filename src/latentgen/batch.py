@@ -103,7 +103,10 @@ def plan(
 
 
 def item_key(req: GenerationRequest, model_hash: str, dtype: str) -> str:
-    blob = json.dumps({"request": req.to_dict(), "model": model_hash, "dtype": dtype}, sort_keys=True)
+    request = req.to_dict()
+    if not request["guidance_rescale"]:  # off: the key of a run started before the option existed
+        del request["guidance_rescale"]
+    blob = json.dumps({"request": request, "model": model_hash, "dtype": dtype}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

@@ -83,6 +83,13 @@ BatchLayoutOpt, BatchSubjectOpt, BatchCountOpt = (
 ExportLayoutOpt, ExportSubjectOpt, ExportCountOpt = (
     _default_strength(k, " written into the model") for k in ("layout", "subject", "count")
 )
+RescaleOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Guidance rescale φ, 0 to 1: pulls the guided prediction's spread back towards the "
+        "unguided one's (keeps backgrounds from over-saturating); 0 turns it off (default: the model's)."
+    ),
+]
 KarrasOpt = Annotated[bool | None, typer.Option("--karras/--no-karras", help="Karras sigmas.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed of image 0; image i uses seed+i. Default: random.")]
 NumImagesOpt = Annotated[int | None, typer.Option("--num-images", "-N", help="How many images.")]
@@ -113,6 +120,7 @@ def generate(
     layout_strength: LayoutOpt = None,
     subject_strength: SubjectOpt = None,
     count_strength: CountOpt = None,
+    guidance_rescale: RescaleOpt = None,
     seed: SeedOpt = None,
     width: Annotated[int | None, typer.Option(help="Pixels (default: the model's).")] = None,
     height: Annotated[int | None, typer.Option(help="Pixels (default: the model's).")] = None,
@@ -176,6 +184,7 @@ def generate(
         "layout_strength": layout_strength,
         "subject_strength": subject_strength,
         "count_strength": count_strength,
+        "guidance_rescale": guidance_rescale,
         "seed": seed,
         "width": width,
         "height": height,
@@ -248,6 +257,7 @@ def inpaint(
     layout_strength: LayoutOpt = None,
     subject_strength: SubjectOpt = None,
     count_strength: CountOpt = None,
+    guidance_rescale: RescaleOpt = None,
     seed: SeedOpt = None,
     num_images: NumImagesOpt = None,
     batch_size: BatchSizeOpt = 1,
@@ -278,6 +288,7 @@ def inpaint(
         "layout_strength": layout_strength,
         "subject_strength": subject_strength,
         "count_strength": count_strength,
+        "guidance_rescale": guidance_rescale,
         "seed": seed,
         "num_images": num_images,
     }
@@ -366,6 +377,9 @@ def batch(
     layout_strength: BatchLayoutOpt = None,
     subject_strength: BatchSubjectOpt = None,
     count_strength: BatchCountOpt = None,
+    guidance_rescale: Annotated[
+        float | None, typer.Option(help="Default guidance rescale φ (0: off).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Default seed of each line's image 0 (image i: seed+i).")] = 0,
     width: Annotated[int | None, typer.Option(help="Default width.")] = None,
     height: Annotated[int | None, typer.Option(help="Default height.")] = None,
@@ -404,6 +418,7 @@ def batch(
         ("layout_strength", layout_strength),
         ("subject_strength", subject_strength),
         ("count_strength", count_strength),
+        ("guidance_rescale", guidance_rescale),
     ):
         if value is not None:
             defaults[key] = value
@@ -545,6 +560,7 @@ def eval_(
     layout_strength: LayoutOpt = None,
     subject_strength: SubjectOpt = None,
     count_strength: CountOpt = None,
+    guidance_rescale: RescaleOpt = None,
     seed: Annotated[int, typer.Option(help="Image j of every prompt uses seed + j.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per U-Net batch.")] = 32,
     limit: Annotated[int | None, typer.Option(help="Prompts per category (default: all).")] = None,
@@ -570,6 +586,7 @@ def eval_(
         layout_strength=layout_strength,
         subject_strength=subject_strength,
         count_strength=count_strength,
+        guidance_rescale=guidance_rescale,
         batch_size=batch_size,
         prompts_per_category=limit,
     )
@@ -677,6 +694,9 @@ def train_export_cmd(
     layout_strength: ExportLayoutOpt = 0.0,
     subject_strength: ExportSubjectOpt = 0.0,
     count_strength: ExportCountOpt = 0.0,
+    guidance_rescale: Annotated[
+        float, typer.Option(help="Default guidance rescale φ written into the model (0: off).")
+    ] = 0.0,
     family: Annotated[str | None, typer.Option(help="Family name recorded in latentgen.json.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
@@ -695,6 +715,7 @@ def train_export_cmd(
         layout_strength=layout_strength,
         subject_strength=subject_strength,
         count_strength=count_strength,
+        guidance_rescale=guidance_rescale,
         family=family,
         overwrite=overwrite,
     )

@@ -42,6 +42,7 @@ class EvalConfig:
     layout_strength: float | None = None  # None: the model's default
     subject_strength: float | None = None  # None: the model's default
     count_strength: float | None = None  # None: the model's default
+    guidance_rescale: float | None = None  # None: the model's default
     batch_size: int = 32  # images per U-Net batch (prompts are mixed within a batch)
     prompts_per_category: int | None = None  # None: all; fewer for quick looks and tests
     write_images: bool = True
@@ -59,6 +60,7 @@ def resolve_settings(cfg: EvalConfig, source) -> GenerationRequest:
         layout_strength=cfg.layout_strength,
         subject_strength=cfg.subject_strength,
         count_strength=cfg.count_strength,
+        guidance_rescale=cfg.guidance_rescale,
     )
     return request.resolve(source)
 

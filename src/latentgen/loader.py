@@ -28,7 +28,7 @@ import torch
 
 from latentgen.devices import dtype_name, resolve_device, resolve_dtype
 from latentgen.errors import ModelLoadError, ModelNotFoundError, UnsafeCheckpointError, UsageError
-from latentgen.request import is_nonnegative
+from latentgen.request import is_nonnegative, is_rescale
 from latentgen.samplers import Sampler
 
 log = logging.getLogger("latentgen")
@@ -54,6 +54,7 @@ class ModelDefaults:
     layout_strength: float = 0.0  # layout guidance (latentgen.layout); on only where measured
     subject_strength: float = 0.0  # subject guidance (latentgen.excite); on only where measured
     count_strength: float = 0.0  # count guidance (latentgen.layout); on only where measured
+    guidance_rescale: float = 0.0  # φ of guidance rescale (GenerationRequest); on only where measured
 
 
 @dataclass
@@ -214,6 +215,12 @@ def _read_folder(name: str, path: Path) -> ModelSource:
                 "a number, 0 or more; re-export the model or remove the key"
             )
         strengths[f"{kind}_strength"] = float(value)
+    rescale = sched_cfg.get("latentgen_default_guidance_rescale", 0.0)
+    if not is_rescale(rescale):
+        raise ModelLoadError(
+            f"{path / 'scheduler' / 'scheduler_config.json'}: latentgen_default_guidance_rescale {rescale!r} "
+            "must be a number from 0 to 1; re-export the model or remove the key"
+        )
     vae_factor = 2 ** (len(vae_cfg.get("block_out_channels", [0, 0, 0, 0])) - 1)
     sample = unet_cfg.get("sample_size", 64)
     sample = sample[0] if isinstance(sample, list | tuple) else sample
@@ -223,6 +230,7 @@ def _read_folder(name: str, path: Path) -> ModelSource:
         sampler=Sampler(sched_cfg.get("latentgen_default_sampler", ModelDefaults.sampler.value)),
         inpaint_steps=_optional(int, sched_cfg.get("latentgen_inpaint_steps")),
         inpaint_guidance=_optional(float, sched_cfg.get("latentgen_inpaint_guidance")),
+        guidance_rescale=float(rescale),
         **strengths,
     )
     return ModelSource(

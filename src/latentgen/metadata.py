@@ -82,6 +82,8 @@ def a1111_parameters(gen: GeneratedImage) -> str:
         fields.append(("Subject strength", f"{r.subject_strength:g}"))
     if r.count_strength:
         fields.append(("Count strength", f"{r.count_strength:g}"))
+    if r.guidance_rescale:
+        fields.append(("Rescale CFG", f"{r.guidance_rescale:g}"))  # Forge's name for it
     if gen.edit is not None:
         fields.append(("Denoising strength", f"{gen.edit.strength:g}"))
         if gen.edit.mode is EditMode.INPAINT:
@@ -132,8 +134,9 @@ def read_text_chunks(path: str | os.PathLike) -> dict[str, str]:
 
 
 def request_of(rec: dict[str, Any]) -> GenerationRequest:
-    # Records written before layout, subject or count guidance existed lack its strength: it was off then.
-    off = {"layout_strength": 0.0, "subject_strength": 0.0, "count_strength": 0.0}
+    # Records written before layout, subject or count guidance or guidance rescale existed lack its
+    # strength: it was off then.
+    off = {"layout_strength": 0.0, "subject_strength": 0.0, "count_strength": 0.0, "guidance_rescale": 0.0}
     return GenerationRequest.from_dict({**off, **rec["request"]})
 
 

@@ -36,6 +36,7 @@ FIELDS = (
     "layout_strength",
     "subject_strength",
     "count_strength",
+    "guidance_rescale",
     "name",
 )
 INT_FIELDS = ("seed", "steps", "width", "height", "num_images")
@@ -151,7 +152,7 @@ def typed_fields(values: dict[str, Any]) -> dict[str, Any]:
             continue
         if key in INT_FIELDS:
             out[key] = _as_int(key, value)
-        elif key in ("guidance", "layout_strength", "subject_strength", "count_strength"):
+        elif key in ("guidance", "guidance_rescale", "layout_strength", "subject_strength", "count_strength"):
             try:
                 out[key] = float(value)
             except (TypeError, ValueError):

@@ -39,6 +39,9 @@ class GenerationRequest:
     layout_strength: float | None = None  # layout guidance (latentgen.layout); 0: off; default: the model's
     subject_strength: float | None = None  # subject guidance (latentgen.excite); 0: off; default: the model's
     count_strength: float | None = None  # count guidance (latentgen.layout); 0: off; default: the model's
+    # Guidance rescale φ in [0, 1] (Lin et al. 2023, diffusers' guidance_rescale): the guided prediction
+    # is pulled φ of the way towards the conditional one's spread; 0: off; default: the model's
+    guidance_rescale: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -62,6 +65,11 @@ class GenerationRequest:
             self,
             steps=self.steps if self.steps is not None else source.defaults.steps,
             guidance=self.guidance if self.guidance is not None else source.defaults.guidance,
+            guidance_rescale=(
+                self.guidance_rescale
+                if self.guidance_rescale is not None
+                else source.defaults.guidance_rescale
+            ),
             sampler=Sampler.parse(self.sampler) if self.sampler is not None else source.defaults.sampler,
             width=self.width if self.width is not None else source.default_size,
             height=self.height if self.height is not None else source.default_size,
@@ -96,6 +104,11 @@ def is_nonnegative(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float) and 0 <= value < math.inf
 
 
+def is_rescale(value: Any) -> bool:
+    """A real number in [0, 1] (not a bool): what a guidance rescale must be."""
+    return is_nonnegative(value) and value <= 1
+
+
 def validate(req: GenerationRequest, vae_factor: int) -> None:
     """Raise :class:`UsageError` naming the first invalid field of a resolved request."""
     if not isinstance(req.prompt, str) or not req.prompt.strip():
@@ -107,6 +120,11 @@ def validate(req: GenerationRequest, vae_factor: int) -> None:
     g = req.guidance
     if not is_nonnegative(g):
         raise UsageError(f"guidance {g!r} is invalid; use a number ≥ 0 (7.5 is typical, ≤ 1 disables CFG)")
+    if not is_rescale(req.guidance_rescale):
+        raise UsageError(
+            f"guidance rescale {req.guidance_rescale!r} is invalid; "
+            "use a number from 0 to 1 (0 turns it off, 0.7 is typical)"
+        )
     strengths = (
         ("layout", req.layout_strength),
         ("subject", req.subject_strength),

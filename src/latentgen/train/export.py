@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from latentgen.errors import OutputExistsError, UsageError
-from latentgen.request import is_nonnegative
+from latentgen.request import is_nonnegative, is_rescale
 from latentgen.train.run import config_from_json, load_checkpoint, restore
 from latentgen.train.unet import UNetTrainConfig, build_text_encoder, build_unet, noise_schedule_config
 
@@ -54,6 +54,7 @@ def export_model(
     layout_strength: float = 0.0,  # latentgen_default_layout_strength (latentgen.layout); 0: off
     subject_strength: float = 0.0,  # latentgen_default_subject_strength (latentgen.excite); 0: off
     count_strength: float = 0.0,  # latentgen_default_count_strength (latentgen.layout); 0: off
+    guidance_rescale: float = 0.0,  # latentgen_default_guidance_rescale, φ in [0, 1]; 0: off
     family: str | None = None,  # written to latentgen.json, e.g. "builtin"
     overwrite: bool = False,
 ) -> Path:
@@ -74,6 +75,10 @@ def export_model(
     for kind, value in strengths.items():
         if not is_nonnegative(value):
             raise UsageError(f"{kind} strength {value!r} is invalid; use a number ≥ 0 (0: off)")
+    if not is_rescale(guidance_rescale):
+        raise UsageError(
+            f"guidance rescale {guidance_rescale!r} is invalid; use a number from 0 to 1 (0: off)"
+        )
     cfg = config_from_json(UNetTrainConfig, ckpt.config)
     if ckpt.step < cfg.max_steps:
         log.warning("exporting %s at step %d of %d: training is not finished", run, ckpt.step, cfg.max_steps)
@@ -111,6 +116,8 @@ def export_model(
     scheduler.register_to_config(
         **{f"latentgen_default_{kind}_strength": v for kind, v in strengths.items() if v}
     )
+    if guidance_rescale:
+        scheduler.register_to_config(latentgen_default_guidance_rescale=guidance_rescale)
     inpaint = {"latentgen_inpaint_steps": inpaint_steps, "latentgen_inpaint_guidance": inpaint_guidance}
     scheduler.register_to_config(**{k: v for k, v in inpaint.items() if v is not None})
     scheduler.save_config(tmp / "scheduler")
