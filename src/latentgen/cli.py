@@ -86,8 +86,8 @@ ExportLayoutOpt, ExportSubjectOpt, ExportCountOpt = (
 RescaleOpt = Annotated[
     float | None,
     typer.Option(
-        help="Guidance rescale φ, 0 to 1: pulls the guided prediction's spread back towards the "
-        "unguided one's (keeps backgrounds from over-saturating); 0 turns it off (default: the model's)."
+        help="Guidance rescale φ, 0 to 1: pulls the guided prediction's spread back to the conditional "
+        "prediction's (keeps colours from over-saturating); 0 turns it off (default: the model's)."
     ),
 ]
 KarrasOpt = Annotated[bool | None, typer.Option("--karras/--no-karras", help="Karras sigmas.")]

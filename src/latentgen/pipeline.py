@@ -1,7 +1,7 @@
 """The sampling pipeline, as numbered steps.
 
     validate → tokenize → encode prompt and negative prompt → seeded noise → sampler loop
-    (U-Net + classifier-free guidance, cross-attention biased by layout guidance for prompts with a
+    (U-Net + classifier-free guidance, optionally rescaled, cross-attention biased by layout guidance for prompts with a
     relation, and by count guidance for counted phrases like "three hearts"; before each step,
     subject guidance nudges the latents of prompts naming two things without a relation) → VAE
     decode → non-finite check → PIL images
