@@ -87,8 +87,15 @@ def placements(text: str) -> list[Placement]:
     [(0, -1), (0, -1), (0, 1)]
     """
     items = _items(text)
+    found = _placed(items, _relations([w for w, _, _ in items]))
+    return [found[k] for k in sorted(found)]
+
+
+def _placed(
+    items: list[tuple[str, int, int]], relations: list[tuple[int, int, tuple[str, ...]]]
+) -> dict[int, Placement]:
+    """Word index → its placement, for the words of ``items`` that ``relations`` place."""
     words = [w for w, _, _ in items]
-    relations = _relations(words)
     found: dict[int, Placement] = {}
     for n, (start, end, phrase) in enumerate(relations):
         axis, side = RELATION_PHRASES[phrase]
@@ -102,7 +109,7 @@ def placements(text: str) -> list[Placement]:
             for ks, s in ((subject, side), (obj, -side)):
                 for k in ks:
                     found.setdefault(k, Placement(items[k][1], items[k][2], axis, s))
-    return [found[k] for k in sorted(found)]
+    return found
 
 
 def _items(text: str) -> list[tuple[str, int, int]]:
@@ -210,8 +217,9 @@ def counts(text: str) -> list[Count]:
     """
     items = _items(text)
     words = [w for w, _, _ in items]
-    relation_at = {start for start, _, _ in _relations(words)}
-    placed = placements(text)
+    relations = _relations(words)
+    relation_at = {start for start, _, _ in relations}
+    placed = _placed(items, relations)  # word indices a relation places
     found = []
     for i, word in enumerate(words):
         if word not in NUMBERS:
@@ -220,7 +228,7 @@ def counts(text: str) -> list[Count]:
         while j < len(words) and not (words[j] in _ENDS_COUNT or words[j] in NUMBERS or j in relation_at):
             j += 1
         start, end = items[i][1], items[j - 1][2]
-        if j > i + 1 and not any(p.start < end and start < p.end for p in placed):
+        if j > i + 1 and not any(k in placed for k in range(i, j)):
             found.append(Count(start, end, NUMBERS[word]))
     return found
 

@@ -40,6 +40,7 @@ FIELDS = (
     "name",
 )
 INT_FIELDS = ("seed", "steps", "width", "height", "num_images")
+FLOAT_FIELDS = ("guidance", "guidance_rescale", "layout_strength", "subject_strength", "count_strength")
 GENEVAL_FIELDS = ("tag", "include")
 
 
@@ -152,7 +153,7 @@ def typed_fields(values: dict[str, Any]) -> dict[str, Any]:
             continue
         if key in INT_FIELDS:
             out[key] = _as_int(key, value)
-        elif key in ("guidance", "guidance_rescale", "layout_strength", "subject_strength", "count_strength"):
+        elif key in FLOAT_FIELDS:
             try:
                 out[key] = float(value)
             except (TypeError, ValueError):
