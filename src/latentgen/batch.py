@@ -104,8 +104,9 @@ def plan(
 
 def item_key(req: GenerationRequest, model_hash: str, dtype: str) -> str:
     request = req.to_dict()
-    if not request["guidance_rescale"]:  # off: the key of a run started before the option existed
-        del request["guidance_rescale"]
+    for option in ("guidance_rescale", "fill_in"):  # off: the key of a run from before the option
+        if not request[option]:
+            del request[option]
     blob = json.dumps({"request": request, "model": model_hash, "dtype": dtype}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

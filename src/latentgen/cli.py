@@ -90,6 +90,14 @@ RescaleOpt = Annotated[
         "prediction's (keeps colours from over-saturating); 0 turns it off (default: the model's)."
     ),
 ]
+FillOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--fill-in/--no-fill-in",
+        help="Draw the colours and background the prompt leaves open from the seed, as the built-in "
+        "model's world does, before sampling (default: the model's; on for the built-in model).",
+    ),
+]
 KarrasOpt = Annotated[bool | None, typer.Option("--karras/--no-karras", help="Karras sigmas.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed of image 0; image i uses seed+i. Default: random.")]
 NumImagesOpt = Annotated[int | None, typer.Option("--num-images", "-N", help="How many images.")]
@@ -121,6 +129,7 @@ def generate(
     subject_strength: SubjectOpt = None,
     count_strength: CountOpt = None,
     guidance_rescale: RescaleOpt = None,
+    fill_in: FillOpt = None,
     seed: SeedOpt = None,
     width: Annotated[int | None, typer.Option(help="Pixels (default: the model's).")] = None,
     height: Annotated[int | None, typer.Option(help="Pixels (default: the model's).")] = None,
@@ -171,6 +180,8 @@ def generate(
         if edit is None:
             raise UsageError("--strength is for img2img: give --init-image too")
         edit = replace(edit, strength=strength)
+    if edit is not None and fill_in:
+        raise UsageError("--fill-in is for text to image: an img2img picture already has its colours")
     if edit is not None and (width is not None or height is not None):
         raise UsageError("--width/--height do not apply to img2img: the output has the source image's size")
 
@@ -185,6 +196,7 @@ def generate(
         "subject_strength": subject_strength,
         "count_strength": count_strength,
         "guidance_rescale": guidance_rescale,
+        "fill_in": fill_in,
         "seed": seed,
         "width": width,
         "height": height,
@@ -380,6 +392,7 @@ def batch(
     guidance_rescale: Annotated[
         float | None, typer.Option(help="Default guidance rescale φ (0: off).")
     ] = None,
+    fill_in: FillOpt = None,
     seed: Annotated[int, typer.Option(help="Default seed of each line's image 0 (image i: seed+i).")] = 0,
     width: Annotated[int | None, typer.Option(help="Default width.")] = None,
     height: Annotated[int | None, typer.Option(help="Default height.")] = None,
@@ -419,6 +432,7 @@ def batch(
         ("subject_strength", subject_strength),
         ("count_strength", count_strength),
         ("guidance_rescale", guidance_rescale),
+        ("fill_in", fill_in),
     ):
         if value is not None:
             defaults[key] = value
@@ -561,6 +575,7 @@ def eval_(
     subject_strength: SubjectOpt = None,
     count_strength: CountOpt = None,
     guidance_rescale: RescaleOpt = None,
+    fill_in: FillOpt = None,
     seed: Annotated[int, typer.Option(help="Image j of every prompt uses seed + j.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per U-Net batch.")] = 32,
     limit: Annotated[int | None, typer.Option(help="Prompts per category (default: all).")] = None,
@@ -587,6 +602,7 @@ def eval_(
         subject_strength=subject_strength,
         count_strength=count_strength,
         guidance_rescale=guidance_rescale,
+        fill_in=fill_in,
         batch_size=batch_size,
         prompts_per_category=limit,
     )
@@ -697,6 +713,9 @@ def train_export_cmd(
     guidance_rescale: Annotated[
         float, typer.Option(help="Default guidance rescale φ written into the model (0: off).")
     ] = 0.0,
+    fill_in: Annotated[
+        bool, typer.Option(help="Turn fill-in on by default for the model (for models of the world only).")
+    ] = False,
     family: Annotated[str | None, typer.Option(help="Family name recorded in latentgen.json.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
@@ -716,6 +735,7 @@ def train_export_cmd(
         subject_strength=subject_strength,
         count_strength=count_strength,
         guidance_rescale=guidance_rescale,
+        fill_in=fill_in,
         family=family,
         overwrite=overwrite,
     )

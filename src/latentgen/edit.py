@@ -157,7 +157,11 @@ def prepare_edit(request: GenerationRequest, edit: EditRequest, source: ModelSou
             steps=request.steps if request.steps is not None else d.inpaint_steps,
             guidance=request.guidance if request.guidance is not None else d.inpaint_guidance,
         )
-    req = replace(request, width=None, height=None).resolve(source)
+    if request.fill_in:
+        raise UsageError("fill-in is for text to image: the picture to edit already has its colours")
+    # Off whatever the model's default: its colours are drawn against a background of their own,
+    # not the picture's.
+    req = replace(request, width=None, height=None, fill_in=False).resolve(source)
     edit = replace(edit, strength=_default_strength(edit) if edit.strength is None else edit.strength)
     if edit.resample is None and edit.mode is EditMode.INPAINT:
         edit = replace(edit, resample=1 if source.inpainting_unet else RESAMPLE)

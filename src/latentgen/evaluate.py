@@ -43,6 +43,7 @@ class EvalConfig:
     subject_strength: float | None = None  # None: the model's default
     count_strength: float | None = None  # None: the model's default
     guidance_rescale: float | None = None  # None: the model's default
+    fill_in: bool | None = None  # None: the model's default; judged against the prompt as written
     batch_size: int = 32  # images per U-Net batch (prompts are mixed within a batch)
     prompts_per_category: int | None = None  # None: all; fewer for quick looks and tests
     write_images: bool = True
@@ -61,6 +62,7 @@ def resolve_settings(cfg: EvalConfig, source) -> GenerationRequest:
         subject_strength=cfg.subject_strength,
         count_strength=cfg.count_strength,
         guidance_rescale=cfg.guidance_rescale,
+        fill_in=cfg.fill_in,
     )
     return request.resolve(source)
 

@@ -55,6 +55,7 @@ class ModelDefaults:
     subject_strength: float = 0.0  # subject guidance (latentgen.excite); on only where measured
     count_strength: float = 0.0  # count guidance (latentgen.layout); on only where measured
     guidance_rescale: float = 0.0  # φ of guidance rescale (GenerationRequest); on only where measured
+    fill_in: bool = False  # draw the colours a prompt leaves open (latentgen.world.fill); world models
 
 
 @dataclass
@@ -221,6 +222,12 @@ def _read_folder(name: str, path: Path) -> ModelSource:
             f"{path / 'scheduler' / 'scheduler_config.json'}: latentgen_default_guidance_rescale {rescale!r} "
             "must be a number from 0 to 1; re-export the model or remove the key"
         )
+    fill_in = sched_cfg.get("latentgen_default_fill_in", False)
+    if not isinstance(fill_in, bool):
+        raise ModelLoadError(
+            f"{path / 'scheduler' / 'scheduler_config.json'}: latentgen_default_fill_in {fill_in!r} "
+            "must be true or false; re-export the model or remove the key"
+        )
     vae_factor = 2 ** (len(vae_cfg.get("block_out_channels", [0, 0, 0, 0])) - 1)
     sample = unet_cfg.get("sample_size", 64)
     sample = sample[0] if isinstance(sample, list | tuple) else sample
@@ -231,6 +238,7 @@ def _read_folder(name: str, path: Path) -> ModelSource:
         inpaint_steps=_optional(int, sched_cfg.get("latentgen_inpaint_steps")),
         inpaint_guidance=_optional(float, sched_cfg.get("latentgen_inpaint_guidance")),
         guidance_rescale=float(rescale),
+        fill_in=fill_in,
         **strengths,
     )
     return ModelSource(

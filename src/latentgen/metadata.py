@@ -84,6 +84,8 @@ def a1111_parameters(gen: GeneratedImage) -> str:
         fields.append(("Count strength", f"{r.count_strength:g}"))
     if r.guidance_rescale:
         fields.append(("Rescale CFG", f"{r.guidance_rescale:g}"))  # Forge's name for it
+    if "drawn_prompt" in gen.extra:
+        fields.append(("Prompt as drawn", _a1111_value(gen.extra["drawn_prompt"])))
     if gen.edit is not None:
         fields.append(("Denoising strength", f"{gen.edit.strength:g}"))
         if gen.edit.mode is EditMode.INPAINT:
@@ -134,9 +136,15 @@ def read_text_chunks(path: str | os.PathLike) -> dict[str, str]:
 
 
 def request_of(rec: dict[str, Any]) -> GenerationRequest:
-    # Records written before layout, subject or count guidance or guidance rescale existed lack its
-    # strength: it was off then.
-    off = {"layout_strength": 0.0, "subject_strength": 0.0, "count_strength": 0.0, "guidance_rescale": 0.0}
+    # Records written before layout, subject or count guidance, guidance rescale or fill-in existed
+    # lack its field: it was off then.
+    off = {
+        "layout_strength": 0.0,
+        "subject_strength": 0.0,
+        "count_strength": 0.0,
+        "guidance_rescale": 0.0,
+        "fill_in": False,
+    }
     return GenerationRequest.from_dict({**off, **rec["request"]})
 
 

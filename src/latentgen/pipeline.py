@@ -69,6 +69,7 @@ class Settings:
     subject_strength: float = 0.0  # subject guidance (excite.py); 0: off
     count_strength: float = 0.0  # count guidance (layout.py); 0: off
     guidance_rescale: float = 0.0  # φ: see rescale_guidance; 0: off
+    fill_in: bool = False  # each job's prompt with its open colours drawn (drawn_prompt)
 
     @classmethod
     def of(cls, req: GenerationRequest) -> Settings:
@@ -83,6 +84,7 @@ class Settings:
             req.subject_strength,
             req.count_strength,
             req.guidance_rescale,
+            req.fill_in,
         )
 
 
@@ -199,6 +201,8 @@ class Pipeline:
         repainted part gets several tries to agree with it.
         """
         m = self.model
+        if settings.fill_in:
+            jobs = [replace(j, prompt=drawn_prompt(j.prompt, j.seed)) for j in jobs]
         with torch.inference_mode():
             # 2–3. Tokenize and encode; conditional and unconditional halves: [B, T, D] each.
             cond = torch.cat([self.encode(j.prompt) for j in jobs])
@@ -476,8 +480,12 @@ class Pipeline:
         return torch.cat(noise).to(m.device)
 
     def wrap(self, image, req, index, notes, edit=None, extra=None) -> GeneratedImage:
-        """A finished image with this pipeline's model facts, ready for metadata and writing."""
+        """A finished image with this pipeline's model facts, ready for metadata and writing. With
+        ``req.fill_in`` its record also carries the prompt as drawn, when that differs."""
         m = self.model
+        drawn = drawn_prompt(req.prompt, req.seed) if req.fill_in else req.prompt
+        if drawn != req.prompt:
+            extra = {**(extra or {}), "drawn_prompt": drawn}
         return GeneratedImage(
             image=image,
             request=req,
@@ -491,6 +499,14 @@ class Pipeline:
             edit=edit,
             extra=extra or {},
         )
+
+
+def drawn_prompt(prompt: str, seed: int) -> str:
+    """``prompt`` with the colours and background it leaves open drawn for the image seeded ``seed``
+    (:func:`latentgen.world.fill.fill_in`); unchanged outside the world's language."""
+    from latentgen.world.fill import fill_in  # the world's grammar and palette, only when asked
+
+    return fill_in(prompt, seed)
 
 
 def to_pil(pixels: torch.Tensor) -> list[Image.Image]:

@@ -42,6 +42,10 @@ class GenerationRequest:
     # Guidance rescale φ in [0, 1] (Lin et al. 2023, diffusers' guidance_rescale): the guided prediction
     # is pulled φ of the way towards the conditional one's spread; 0: off; default: the model's
     guidance_rescale: float | None = None
+    # Fill in the colours and background the prompt leaves open, drawn from the image's seed as the
+    # built-in model's world draws them (latentgen.world.fill); prompts outside the world's language
+    # are left as they are. Text to image only. Default: the model's (on for the built-in model).
+    fill_in: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -85,6 +89,7 @@ class GenerationRequest:
             count_strength=(
                 self.count_strength if self.count_strength is not None else source.defaults.count_strength
             ),
+            fill_in=self.fill_in if self.fill_in is not None else source.defaults.fill_in,
         )
         validate(req, source.vae_scale_factor)
         return req
@@ -135,6 +140,8 @@ def validate(req: GenerationRequest, vae_factor: int) -> None:
             raise UsageError(
                 f"{name} strength {value!r} is invalid; use a number ≥ 0 (0 turns {name} guidance off)"
             )
+    if not isinstance(req.fill_in, bool):
+        raise UsageError(f"fill_in {req.fill_in!r} is invalid; use true or false")
     seed = req.seed
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
         raise UsageError(f"seed {seed!r} is out of range; use an integer in [0, 2^64)")

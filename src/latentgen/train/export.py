@@ -55,6 +55,7 @@ def export_model(
     subject_strength: float = 0.0,  # latentgen_default_subject_strength (latentgen.excite); 0: off
     count_strength: float = 0.0,  # latentgen_default_count_strength (latentgen.layout); 0: off
     guidance_rescale: float = 0.0,  # latentgen_default_guidance_rescale, φ in [0, 1]; 0: off
+    fill_in: bool = False,  # latentgen_default_fill_in (latentgen.world.fill); for world models only
     family: str | None = None,  # written to latentgen.json, e.g. "builtin"
     overwrite: bool = False,
 ) -> Path:
@@ -118,6 +119,8 @@ def export_model(
     )
     if guidance_rescale:
         scheduler.register_to_config(latentgen_default_guidance_rescale=guidance_rescale)
+    if fill_in:
+        scheduler.register_to_config(latentgen_default_fill_in=True)
     inpaint = {"latentgen_inpaint_steps": inpaint_steps, "latentgen_inpaint_guidance": inpaint_guidance}
     scheduler.register_to_config(**{k: v for k, v in inpaint.items() if v is not None})
     scheduler.save_config(tmp / "scheduler")

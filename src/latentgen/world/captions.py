@@ -139,7 +139,7 @@ def captions(scene: Scene, rng: random.Random, n: int = CAPTIONS_PER_SAMPLE) -> 
     return found
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
@@ -158,14 +158,14 @@ def _noun_phrase(
         words.append(obj.colour)
     words.append(obj.kind)
     if determiner == "a":
-        determiner = _article(words[0])
+        determiner = article(words[0])
     return " ".join([determiner, *words])
 
 
 def _background(scene: Scene, rng: random.Random, full: bool) -> str:
     if not _maybe(rng, BACKGROUND_P, full):
         return ""
-    return f" on {_article(scene.background)} {scene.background} background"
+    return f" on {article(scene.background)} {scene.background} background"
 
 
 def _single(scene: Scene, rng: random.Random, full: bool) -> str:
