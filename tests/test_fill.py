@@ -99,6 +99,18 @@ def test_image_is_the_drawn_prompts_image(tiny_model):
     assert "drawn_prompt" not in record(plain[0])
 
 
+def test_generate_says_what_it_drew(tiny_model, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="latentgen"):
+        Pipeline(tiny_model).generate(GenerationRequest("a cat", steps=1, seed=5, num_images=2, fill_in=True))
+        Pipeline(tiny_model).generate(
+            GenerationRequest("a red cat on a white background", steps=1, fill_in=True)
+        )
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fill-in")]
+    assert said == [f"fill-in, seed 5: {fill_in('a cat', 5)}", f"fill-in, seed 6: {fill_in('a cat', 6)}"]
+
+
 def test_off_for_other_models_and_on_where_the_model_says(tiny_model_dir, tmp_path):
     plain = load_model(tiny_model_dir, device="cpu", dtype="fp32")
     assert GenerationRequest("a cat").resolve(plain.source).fill_in is False

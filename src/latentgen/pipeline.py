@@ -172,6 +172,11 @@ class Pipeline:
         self.explain_guidance(req)
         settings = Settings.of(req)
         jobs = [Job(req.prompt, req.negative_prompt, req.seed + i) for i in range(req.num_images)]
+        if req.fill_in:
+            for job in jobs:
+                drawn = drawn_prompt(job.prompt, job.seed)
+                if drawn != job.prompt:
+                    log.info("fill-in, seed %d: %s", job.seed, drawn)
         for start in range(0, len(jobs), max(1, batch_size)):
             chunk = jobs[start : start + batch_size]
             images, notes = self.sample(chunk, settings, progress=progress)
