@@ -85,10 +85,13 @@ def main() -> None:
     sizes = [int(n) for n in args.sizes.split(",")]
 
     def run_ours(n: int, off: bool = False, prompt: str = PROMPT):
-        """``off``: layout, subject and count guidance off, the same computation as diffusers'."""
+        """``off``: layout, subject and count guidance and fill-in off, the same computation as
+        diffusers'."""
         request = replace(base, num_images=n, prompt=prompt)
         if off:
-            request = replace(request, layout_strength=0.0, subject_strength=0.0, count_strength=0.0)
+            request = replace(
+                request, layout_strength=0.0, subject_strength=0.0, count_strength=0.0, fill_in=False
+            )
         ours.generate(request, batch_size=n)
 
     def run_theirs(n: int):

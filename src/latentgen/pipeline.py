@@ -1,10 +1,11 @@
 """The sampling pipeline, as numbered steps.
 
-    validate → tokenize → encode prompt and negative prompt → seeded noise → sampler loop
-    (U-Net + classifier-free guidance, optionally rescaled; cross-attention biased by layout guidance
-    for prompts with a relation, and by count guidance for counted phrases like "three hearts";
-    before each step, subject guidance nudges the latents of prompts naming two things without a
-    relation) → VAE decode → non-finite check → PIL images
+    validate → fill-in (the colours and background a prompt of the built-in model's world leaves
+    open, drawn from each image's seed) → tokenize → encode prompt and negative prompt → seeded
+    noise → sampler loop (U-Net + classifier-free guidance, optionally rescaled; cross-attention
+    biased by layout guidance for prompts with a relation, and by count guidance for counted phrases
+    like "three hearts"; before each step, subject guidance nudges the latents of prompts naming two
+    things without a relation) → VAE decode → non-finite check → PIL images
 
 :meth:`Pipeline.generate` serves one :class:`GenerationRequest`; :meth:`Pipeline.sample` is the one
 sampling loop underneath, over a U-Net batch of :class:`Job` s that share :class:`Settings`. Batch

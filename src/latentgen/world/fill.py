@@ -6,7 +6,8 @@ fully described scene far better than the average over all of them: asked for "a
 it sometimes paints the hat in the cat's own colour, which the world never does. Drawing the open
 colours first, as the world draws them, and asking the model for the scene with every colour named
 ("a purple cat wearing a yellow hat on a green background") makes that choice explicit, one image at
-a time (measured in benchmarks/builtin_training.md, "Filling in the open colours").
+a time (measured in benchmarks/builtin_training.md, "Fill-in: the open colours drawn as the world
+draws them": "a cat wearing a hat" right on 95 of 96 seeds against 81).
 
 The draw is seeded by the image's own seed, so a seed still reproduces its image; what the prompt
 names is never changed, and a prompt outside the world's language is left as it is.
@@ -30,8 +31,8 @@ def fill_in(prompt: str, seed: int) -> str:
     none, drawn from ``random.Random(seed)`` as the world draws its scenes; ``prompt`` itself when it
     is outside the world's language or already names every colour.
 
-        fill_in("a cat wearing a hat", 1)  ->  e.g. "a purple cat wearing a yellow hat on a green background"
-        fill_in("three hearts", 1)         ->  e.g. "three pink hearts on a gray background"
+        fill_in("a cat wearing a hat", 1)  ->  "a green cat wearing a purple hat on a yellow background"
+        fill_in("three hearts", 1)         ->  "three black hearts on a gray background"
     """
     try:
         spec = parse_prompt(prompt)
