@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from latentgen.batch import read_manifest
+from latentgen import GenerationRequest
+from latentgen.batch import item_key, read_manifest
 from latentgen.prompts_file import read_prompt_file
 
 
@@ -295,3 +297,17 @@ def test_two_processes_split_the_lines(tiny_model_dir, tmp_path):
     assert sorted(per_shard[0] + per_shard[1]) == sorted(list(range(1, 8)) * 2)
     check_folder(out, 14)
     assert (out / "grid.png").is_file()
+
+
+@pytest.mark.parametrize(("option", "on"), [("guidance_rescale", 0.7), ("fill_in", True)])
+def test_keys_of_runs_from_before_an_option_are_unchanged_while_it_is_off(tiny_model, option, on):
+    """A run started before guidance rescale or fill-in existed resumes: off, they stay out of the key."""
+    from dataclasses import replace
+
+    req = GenerationRequest("a cat", seed=1).resolve(tiny_model.source)
+    before = {k: v for k, v in req.to_dict().items() if k not in ("guidance_rescale", "fill_in")}
+    old_key = hashlib.sha256(
+        json.dumps({"request": before, "model": "h", "dtype": "fp32"}, sort_keys=True).encode()
+    ).hexdigest()[:20]
+    assert item_key(req, "h", "fp32") == old_key
+    assert item_key(replace(req, **{option: on}), "h", "fp32") != old_key

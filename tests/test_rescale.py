@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from latentgen import GenerationRequest, Pipeline, Sampler, load_model
-from latentgen.batch import item_key
 from latentgen.metadata import a1111_parameters, record, request_of
 from latentgen.pipeline import rescale_guidance
 from latentgen.tiny import reference_pipeline
@@ -141,14 +138,3 @@ def test_prompt_file_lines_and_batch_default_set_rescale(run_cli, tiny_model_dir
     code, stdout, err = run_cli(*args)
     assert code == 1 and "line 3: guidance_rescale 'lots' is not a number" in err
     assert sorted(read(p)["request"]["guidance_rescale"] for p in stdout.split()) == [0.3, 0.5]
-
-
-def test_batch_keys_of_runs_without_rescale_are_unchanged(tiny_model):
-    req = GenerationRequest("a cat", seed=1).resolve(tiny_model.source)
-    # the older request (fill-in came later, and is left out of the key the same way when off)
-    before = {k: v for k, v in req.to_dict().items() if k not in ("guidance_rescale", "fill_in")}
-    old_key = hashlib.sha256(
-        json.dumps({"request": before, "model": "h", "dtype": "fp32"}, sort_keys=True).encode()
-    ).hexdigest()[:20]
-    assert item_key(req, "h", "fp32") == old_key
-    assert item_key(replace(req, guidance_rescale=0.7), "h", "fp32") != old_key
