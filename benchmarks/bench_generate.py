@@ -172,6 +172,7 @@ def main() -> None:
         "layout_strength": base.layout_strength,
         "subject_strength": base.subject_strength,
         "count_strength": base.count_strength,
+        "fill_in": base.fill_in,
         "device": "cpu",
         "dtype": "fp32",
         "torch_threads": torch.get_num_threads(),
@@ -190,7 +191,9 @@ def main() -> None:
         f"Model: {model_label}, {size}×{size}, {steps} steps {sampler.value}, CFG {guidance}, CPU fp32, "
         f"{torch.get_num_threads()} threads, median of {args.repeats} alternating runs. Prompt "
         f"{PROMPT!r}; latentgen at the model's layout guidance strength ({base.layout_strength:g}) and "
-        f"with every guidance off (the same computation as diffusers); and latentgen on {AND_PROMPT!r}, which "
+        f"fill-in ({'on' if base.fill_in else 'off'}: the open colours and background drawn from the seed) "
+        f"and with every guidance and fill-in off (the same computation as diffusers); and latentgen on "
+        f"{AND_PROMPT!r}, which "
         f"has no relation to place and names two subjects, at the model's subject guidance strength "
         f"({base.subject_strength:g}; above 0 it costs one more U-Net pass with gradients per step); "
         f"and on {COUNT_PROMPT!r} at the model's count guidance strength ({base.count_strength:g}; a bias "
