@@ -16,6 +16,7 @@ runs group compatible requests into one ``sample`` call; img2img and inpainting 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -507,9 +508,11 @@ class Pipeline:
         )
 
 
+@functools.lru_cache(maxsize=1024)
 def drawn_prompt(prompt: str, seed: int) -> str:
     """``prompt`` with the colours and background it leaves open drawn for the image seeded ``seed``
-    (:func:`latentgen.world.fill.fill_in`); unchanged outside the world's language."""
+    (:func:`latentgen.world.fill.fill_in`); unchanged outside the world's language. Cached: the log
+    line, the sampler and the image's record each ask for the same image's prompt."""
     from latentgen.world.fill import fill_in  # the world's grammar and palette, only when asked
 
     return fill_in(prompt, seed)

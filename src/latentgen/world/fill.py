@@ -36,10 +36,10 @@ def fill_in(prompt: str, seed: int) -> str:
     """
     try:
         spec = parse_prompt(prompt)
+        if spec.background is not None and all(o.colour is not None for o in spec.objects):
+            return prompt  # nothing left open: no scene to draw
         scene = scene_for_spec(spec, random.Random(seed))
     except UsageError:  # outside the world's language, or a scene the world cannot draw
-        return prompt
-    if spec.background is not None and all(o.colour is not None for o in spec.objects):
         return prompt
     out: list[str] = []
     nouns = 0
