@@ -4,7 +4,7 @@ Prompts "a KIND" and "a big KIND" for each of the world's kinds, ``--seeds`` ima
 sampled with every sampling-time help off (layout, subject and count guidance, fill-in), so the
 weights alone answer. The judge's reading of each image gives the count of images showing exactly
 the named kind, and a confusion table: what was drawn for each named kind ("-" for no object or
-more than one). Cheap enough (112 images at the defaults, ~40 s on 2 CPU threads) to run during a
+more than one). Cheap enough (112 images at the defaults, 30–40 s on 2 CPU threads) to run during a
 training run, paused, where ``latentgen eval`` takes minutes.
 
     python benchmarks/kind_sample_probe.py --model runs/export-x
