@@ -1,6 +1,6 @@
 """Seconds per U-Net training step on this CPU: the recipe's step and ways to make it cheaper.
 
-One step as ``latentgen.train.unet`` takes it (text encoder, U-Net, v-target MSE, backward, gradient
+One step as ``latentgen.train.unet`` takes it (text encoder, U-Net, MSE loss, backward, gradient
 clip, AdamW; batch 32 of 16×16×8 latents, 24 tokens), with the recipe's models built by the
 training code's own builders, on random data (the speed does not depend on it). Each variant is
 timed over ``--steps`` steps after 3 warm-up steps, in one process, so the ratios compare like with
