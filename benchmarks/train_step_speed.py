@@ -28,17 +28,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL
 from transformers import CLIPTokenizer
 
-import latentgen
+from latentgen.loader import BUILTIN_DIR
 from latentgen.train.unet import UNetTrainConfig, build_text_encoder, build_unet
-
-BUILTIN = Path(latentgen.__file__).parent / "models" / "builtin"
 
 
 def time_step(
     cfg: UNetTrainConfig,
     tokenizer,
+    latent: tuple[int, int],
     steps: int,
     *,
     fused: bool = False,
@@ -48,7 +48,8 @@ def time_step(
 ) -> float:
     """Seconds per training step, averaged over ``steps`` after 3 warm-up steps."""
     torch.manual_seed(0)
-    unet = build_unet(cfg, 8, 16)
+    channels, size = latent
+    unet = build_unet(cfg, channels, size)
     text_encoder = build_text_encoder(cfg, tokenizer)
     if channels_last:
         unet = unet.to(memory_format=torch.channels_last)
@@ -56,10 +57,10 @@ def time_step(
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     forward = torch.compile(unet) if compile_unet else unet
     batch = cfg.batch_size
-    latents = torch.randn(batch, 8, 16, 16)
+    latents = torch.randn(batch, channels, size, size)
     if channels_last:
         latents = latents.to(memory_format=torch.channels_last)
-    target = torch.randn(batch, 8, 16, 16)
+    target = torch.randn(batch, channels, size, size)
     ids = torch.randint(0, len(tokenizer), (batch, cfg.max_tokens))
     timesteps = torch.randint(0, cfg.num_train_timesteps, (batch,))
 
@@ -89,24 +90,25 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    tokenizer = CLIPTokenizer.from_pretrained(BUILTIN / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(BUILTIN_DIR / "tokenizer")
     recipe = UNetTrainConfig()
-    variants = {
-        "fp32": {},
-        "fused AdamW": {"fused": True},
-        "channels_last": {"channels_last": True},
-        "bf16 autocast": {"bf16": True},
-        "bf16 autocast, channels_last": {"bf16": True, "channels_last": True},
+    # the latents the recipe trains on: the shipped VAE's channels, its factor applied to the resolution
+    vae = AutoencoderKL.load_config(BUILTIN_DIR / "vae")
+    latent = (vae["latent_channels"], recipe.resolution // 2 ** (len(vae["block_out_channels"]) - 1))
+    variants = {  # name: (config, time_step options)
+        "fp32": (recipe, {}),
+        "fused AdamW": (recipe, {"fused": True}),
+        "channels_last": (recipe, {"channels_last": True}),
+        "bf16 autocast": (recipe, {"bf16": True}),
+        "bf16 autocast, channels_last": (recipe, {"bf16": True, "channels_last": True}),
     }
     if args.compile:
-        variants["torch.compile U-Net, fused AdamW"] = {"compile_unet": True, "fused": True}
+        variants["torch.compile U-Net, fused AdamW"] = (recipe, {"compile_unet": True, "fused": True})
+    variants["fp32, attention at 16x16 too"] = (replace(recipe, attention=(1, 1, 1, 1)), {})
     seconds = {}
-    for name, options in variants.items():
-        seconds[name] = time_step(recipe, tokenizer, args.steps, **options)
+    for name, (cfg, options) in variants.items():
+        seconds[name] = time_step(cfg, tokenizer, latent, args.steps, **options)
         print(f"{name:36s} {seconds[name]:.3f} s/step  {seconds[name] / seconds['fp32']:.2f}x", flush=True)
-    name = "fp32, attention at 16x16 too"
-    seconds[name] = time_step(replace(recipe, attention=(1, 1, 1, 1)), tokenizer, args.steps)
-    print(f"{name:36s} {seconds[name]:.3f} s/step  {seconds[name] / seconds['fp32']:.2f}x", flush=True)
     cpu_flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
     result = {
         "torch": torch.__version__,
