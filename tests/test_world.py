@@ -254,7 +254,7 @@ def test_a_layout_mix_weighs_the_layouts_and_leaves_the_default_stream_alone():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("pairs=1", "'pairs=1': expected NAME=WEIGHT, e.g. single=0.3,"),
+        ("pairs=1", "'pairs=1': expected NAME=WEIGHT with NAME one of single, count, pair, wearing, centred"),
         ("pair", "'pair': expected NAME=WEIGHT"),
         ("pair=lots", "'lots' is not a number"),
         ("pair=-1", "weights must be finite and >= 0"),
@@ -266,6 +266,17 @@ def test_a_layout_mix_weighs_the_layouts_and_leaves_the_default_stream_alone():
 def test_a_bad_layout_mix_names_the_item_and_the_form(text, message):
     with pytest.raises(UsageError, match=re.escape(message)):
         parse_layout_mix(text)
+
+
+def test_the_centred_layout_draws_one_big_object_in_the_centre_of_any_kind():
+    mix = parse_layout_mix("centred=1")
+    rng = random.Random(SEED)
+    scenes = [random_scene(rng, mix) for _ in range(300)]
+    assert {s.layout for s in scenes} == {"single"}  # captioned and judged as single objects
+    assert {(s.objects[0].size, s.objects[0].position) for s in scenes} == {("big", "centre")}
+    assert {s.objects[0].kind for s in scenes} == set(KINDS)
+    # the world's own mix never draws it
+    assert "centred" not in parse_layout_mix("")
 
 
 @pytest.mark.parametrize(

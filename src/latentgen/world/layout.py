@@ -32,6 +32,10 @@ from .shapes import HAT_ON_CAT, hat_box_on
 from .spec import Spec, check_spec
 
 LAYOUT_WEIGHTS: dict[str, float] = {"single": 0.3, "count": 0.25, "pair": 0.3, "wearing": 0.15}
+# Layouts a training mix may name that the world's own mix leaves out. "centred": one big object in
+# the centre, a single-object scene with its size and place fixed, so that once the noise hides the
+# picture the text is all that is left to tell the object's shape (a curriculum's first stage).
+EXTRA_LAYOUTS: tuple[str, ...] = ("centred",)
 COUNTS: tuple[int, ...] = (2, 3, 4)
 PAIR_RELATIONS: tuple[str, ...] = ("above", "below", "left of", "right of")
 
@@ -54,8 +58,11 @@ def parse_layout_mix(text: str) -> dict[str, float]:
     weights: dict[str, float] = {}
     for item in text.split(","):
         name, sep, value = (part.strip() for part in item.partition("="))
-        if not sep or name not in LAYOUT_WEIGHTS:
-            raise UsageError(f"layout mix item {item.strip()!r}: expected NAME=WEIGHT, e.g. {example}")
+        if not sep or (name not in LAYOUT_WEIGHTS and name not in EXTRA_LAYOUTS):
+            names = ", ".join((*LAYOUT_WEIGHTS, *EXTRA_LAYOUTS))
+            raise UsageError(
+                f"layout mix item {item.strip()!r}: expected NAME=WEIGHT with NAME one of {names}, e.g. {example}"
+            )
         try:
             weights[name] = float(value)
         except ValueError:
@@ -76,6 +83,8 @@ def random_scene(rng: random.Random, mix: dict[str, float] | None = None) -> Sce
     layout = rng.choices(list(mix), weights=list(mix.values()))[0]
     if layout == "single":
         return single_scene(rng)
+    if layout == "centred":
+        return single_scene(rng, size="big", position="centre")
     if layout == "count":
         return count_scene(rng)
     if layout == "pair":
