@@ -4,7 +4,8 @@ Prompts "a KIND" and "a big KIND" for each of the world's kinds, ``--seeds`` ima
 sampled with every sampling-time help off (layout, subject and count guidance, fill-in), so the
 weights alone answer. The judge's reading of each image gives the count of images showing exactly
 the named kind, and a confusion table: what was drawn for each named kind ("-" for no object or
-more than one). Cheap enough (112 images at the defaults, 30–40 s on 2 CPU threads) to run during a
+more than one). It also counts the images whose one object is in the centre, and how many of the
+right ones are there: a model trained on centred scenes (the world's "centred" layout) draws there. Cheap enough (112 images at the defaults, 30–40 s on 2 CPU threads) to run during a
 training run, paused, where ``latentgen eval`` takes minutes.
 
     python benchmarks/kind_sample_probe.py --model runs/export-x
@@ -33,6 +34,9 @@ def probe(model, seeds: int, sampler: str, steps: int, guidance: float) -> dict:
     pipe = Pipeline(model)
     drawn: dict[str, collections.Counter] = {kind: collections.Counter() for kind in KINDS}
     by_form = collections.Counter()
+    # images whose one object the judge places in the centre (1 in 9 of the world's single objects),
+    # and those of them of the named kind: a model trained on centred scenes draws there
+    centred = right_centred = 0
     for form in FORMS:
         for kind in KINDS:
             request = GenerationRequest(
@@ -40,8 +44,11 @@ def probe(model, seeds: int, sampler: str, steps: int, guidance: float) -> dict:
                 layout_strength=0, subject_strength=0, count_strength=0, fill_in=False,
             )  # fmt: skip
             for made in pipe.generate(request, batch_size=8):
-                seen = [d.kind for d in read_image(made.image).objects]
-                got = seen[0] if len(seen) == 1 else "-"
+                objects = read_image(made.image).objects
+                got = objects[0].kind if len(objects) == 1 else "-"
+                in_centre = len(objects) == 1 and objects[0].position == "centre"
+                centred += in_centre
+                right_centred += in_centre and got == kind
                 drawn[kind][got] += 1
                 by_form[form] += got == kind
     right = {kind: drawn[kind][kind] for kind in KINDS}
@@ -50,6 +57,8 @@ def probe(model, seeds: int, sampler: str, steps: int, guidance: float) -> dict:
         "images": seeds * len(KINDS) * len(FORMS),
         "right_by_kind": right,
         "right_by_form": dict(by_form),
+        "one_object_in_the_centre": centred,
+        "right_in_the_centre": right_centred,
         "drawn": {kind: dict(counts) for kind, counts in drawn.items()},
     }
 
@@ -68,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_model(args.model, device="cpu", dtype="fp32")
     result = probe(model, args.seeds, args.sampler, args.steps, args.guidance)
     print(
-        f"{args.model}: kind right on {result['right']} of {result['images']} images {result['right_by_form']}"
+        f"{args.model}: kind right on {result['right']} of {result['images']} images {result['right_by_form']}; "
+        f"one object in the centre: {result['one_object_in_the_centre']} ({result['right_in_the_centre']} of them right)"
     )
     columns = [*KINDS, "-"]
     print("| named \\ drawn | " + " | ".join(columns) + " |")
