@@ -5,8 +5,9 @@ sampled with every sampling-time help off (layout, subject and count guidance, f
 weights alone answer. The judge's reading of each image gives the count of images showing exactly
 the named kind, and a confusion table: what was drawn for each named kind ("-" for no object or
 more than one). It also counts the images whose one object is in the centre, and how many of the
-right ones are there: a model trained on centred scenes (the world's "centred" layout) draws there. Cheap enough (112 images at the defaults, 30–40 s on 2 CPU threads) to run during a
-training run, paused, where ``latentgen eval`` takes minutes.
+right ones are there: a model trained on centred scenes (the world's "centred" layout) draws there.
+Cheap enough (112 images at the defaults, 30–40 s on 2 CPU threads) to run during a training run,
+paused, where ``latentgen eval`` takes minutes.
 
     python benchmarks/kind_sample_probe.py --model runs/export-x
     python benchmarks/kind_sample_probe.py --model builtin --seeds 16 --json kinds.json

@@ -75,7 +75,9 @@ class UNetTrainConfig:
     data_seed: int = 0  # world stream to render
     # World layouts' relative weights, e.g. "single=0.15,count=0.25,pair=0.45,wearing=0.15" (a layout
     # left out is never drawn); "" = the world's own mix (layout.LAYOUT_WEIGHTS). For a later cycle
-    # that works on the categories a model is weakest at.
+    # that works on the categories a model is weakest at. "centred=1" (layout.EXTRA_LAYOUTS: one big
+    # object in the centre) was tried as a first stage: it teaches the kind words' shapes in 4,000
+    # steps, but only in the centre (benchmarks/builtin_training.md, fifth shorter-recipe measurement).
     layout_mix: str = ""
     resolution: int = 64
     # text encoder: a CLIP text transformer trained from scratch on the tokenizer's vocabulary
