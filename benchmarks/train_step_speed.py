@@ -31,7 +31,7 @@ import torch
 from diffusers import AutoencoderKL
 from transformers import CLIPTokenizer
 
-from latentgen.loader import BUILTIN_DIR
+from latentgen.loader import BUILTIN, resolve_model
 from latentgen.train.unet import UNetTrainConfig, build_text_encoder, build_unet
 
 
@@ -90,11 +90,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    tokenizer = CLIPTokenizer.from_pretrained(BUILTIN_DIR / "tokenizer")
+    builtin = resolve_model(BUILTIN)
+    tokenizer = CLIPTokenizer.from_pretrained(builtin.path / "tokenizer")
     recipe = UNetTrainConfig()
     # the latents the recipe trains on: the shipped VAE's channels, its factor applied to the resolution
-    vae = AutoencoderKL.load_config(BUILTIN_DIR / "vae")
-    latent = (vae["latent_channels"], recipe.resolution // 2 ** (len(vae["block_out_channels"]) - 1))
+    vae = AutoencoderKL.load_config(builtin.path / "vae")
+    latent = (vae["latent_channels"], recipe.resolution // builtin.vae_scale_factor)
     variants = {  # name: (config, time_step options)
         "fp32": (recipe, {}),
         "fused AdamW": (recipe, {"fused": True}),
