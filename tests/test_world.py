@@ -16,6 +16,7 @@ from latentgen.world import (
     COLOUR_NAMES,
     COLOURS,
     KINDS,
+    POSITIONS,
     ObjectSpec,
     Spec,
     check_reading,
@@ -254,7 +255,10 @@ def test_a_layout_mix_weighs_the_layouts_and_leaves_the_default_stream_alone():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("pairs=1", "'pairs=1': expected NAME=WEIGHT with NAME one of single, count, pair, wearing, centred"),
+        (
+            "pairs=1",
+            "'pairs=1': expected NAME=WEIGHT with NAME one of single, count, pair, wearing, centred, big",
+        ),
         ("pair", "'pair': expected NAME=WEIGHT"),
         ("pair=lots", "'lots' is not a number"),
         ("pair=-1", "weights must be finite and >= 0"),
@@ -277,6 +281,16 @@ def test_the_centred_layout_draws_one_big_object_in_the_centre_of_any_kind():
     assert {s.objects[0].kind for s in scenes} == set(KINDS)
     # the world's own mix never draws it
     assert "centred" not in parse_layout_mix("")
+
+
+def test_the_big_layout_draws_one_big_object_at_every_place():
+    rng = random.Random(SEED)
+    scenes = [random_scene(rng, parse_layout_mix("big=1")) for _ in range(300)]
+    assert {s.layout for s in scenes} == {"single"}
+    assert {s.objects[0].size for s in scenes} == {"big"}
+    assert {s.objects[0].position for s in scenes} == set(POSITIONS)
+    assert {s.objects[0].kind for s in scenes} == set(KINDS)
+    assert "big" not in parse_layout_mix("")
 
 
 @pytest.mark.parametrize(

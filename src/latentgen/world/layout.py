@@ -35,7 +35,8 @@ LAYOUT_WEIGHTS: dict[str, float] = {"single": 0.3, "count": 0.25, "pair": 0.3, "
 # Layouts a training mix may name that the world's own mix leaves out. "centred": one big object in
 # the centre, a single-object scene with its size and place fixed, so that once the noise hides the
 # picture the text is all that is left to tell the object's shape (a curriculum's first stage).
-EXTRA_LAYOUTS: tuple[str, ...] = ("centred",)
+# "big": one big object at any of the nine places, its size fixed (a curriculum's middle rung).
+EXTRA_LAYOUTS: tuple[str, ...] = ("centred", "big")
 COUNTS: tuple[int, ...] = (2, 3, 4)
 PAIR_RELATIONS: tuple[str, ...] = ("above", "below", "left of", "right of")
 
@@ -85,6 +86,8 @@ def random_scene(rng: random.Random, mix: dict[str, float] | None = None) -> Sce
         return single_scene(rng)
     if layout == "centred":
         return single_scene(rng, size="big", position="centre")
+    if layout == "big":
+        return single_scene(rng, size="big")
     if layout == "count":
         return count_scene(rng)
     if layout == "pair":
