@@ -272,25 +272,19 @@ def test_a_bad_layout_mix_names_the_item_and_the_form(text, message):
         parse_layout_mix(text)
 
 
-def test_the_centred_layout_draws_one_big_object_in_the_centre_of_any_kind():
-    mix = parse_layout_mix("centred=1")
+@pytest.mark.parametrize(
+    ("layout", "positions"),
+    [("centred", {"centre"}), ("big", set(POSITIONS))],
+)
+def test_a_curriculum_layout_draws_one_big_object_of_any_kind_at_its_places(layout, positions):
     rng = random.Random(SEED)
-    scenes = [random_scene(rng, mix) for _ in range(300)]
+    scenes = [random_scene(rng, parse_layout_mix(f"{layout}=1")) for _ in range(300)]
     assert {s.layout for s in scenes} == {"single"}  # captioned and judged as single objects
-    assert {(s.objects[0].size, s.objects[0].position) for s in scenes} == {("big", "centre")}
+    assert {s.objects[0].size for s in scenes} == {"big"}
+    assert {s.objects[0].position for s in scenes} == positions
     assert {s.objects[0].kind for s in scenes} == set(KINDS)
     # the world's own mix never draws it
-    assert "centred" not in parse_layout_mix("")
-
-
-def test_the_big_layout_draws_one_big_object_at_every_place():
-    rng = random.Random(SEED)
-    scenes = [random_scene(rng, parse_layout_mix("big=1")) for _ in range(300)]
-    assert {s.layout for s in scenes} == {"single"}
-    assert {s.objects[0].size for s in scenes} == {"big"}
-    assert {s.objects[0].position for s in scenes} == set(POSITIONS)
-    assert {s.objects[0].kind for s in scenes} == set(KINDS)
-    assert "big" not in parse_layout_mix("")
+    assert layout not in parse_layout_mix("")
 
 
 @pytest.mark.parametrize(
