@@ -277,8 +277,9 @@ def test_a_bad_layout_mix_names_the_item_and_the_form(text, message):
     [("centred", {"centre"}), ("big", set(POSITIONS))],
 )
 def test_a_curriculum_layout_draws_one_big_object_of_any_kind_at_its_places(layout, positions):
+    mix = parse_layout_mix(f"{layout}=1")
     rng = random.Random(SEED)
-    scenes = [random_scene(rng, parse_layout_mix(f"{layout}=1")) for _ in range(300)]
+    scenes = [random_scene(rng, mix) for _ in range(300)]
     assert {s.layout for s in scenes} == {"single"}  # captioned and judged as single objects
     assert {s.objects[0].size for s in scenes} == {"big"}
     assert {s.objects[0].position for s in scenes} == positions

@@ -32,11 +32,14 @@ from .shapes import HAT_ON_CAT, hat_box_on
 from .spec import Spec, check_spec
 
 LAYOUT_WEIGHTS: dict[str, float] = {"single": 0.3, "count": 0.25, "pair": 0.3, "wearing": 0.15}
-# Layouts a training mix may name that the world's own mix leaves out. "centred": one big object in
-# the centre, a single-object scene with its size and place fixed, so that once the noise hides the
-# picture the text is all that is left to tell the object's shape (a curriculum's first stage).
-# "big": one big object at any of the nine places, its size fixed (a curriculum's middle rung).
-EXTRA_LAYOUTS: tuple[str, ...] = ("centred", "big")
+# Layouts a training mix may name that the world's own mix leaves out: single-object scenes with some
+# of single_scene's choices fixed (name: its fixed arguments), the rungs of a curriculum. "centred":
+# one big object in the centre, so that once the noise hides the picture the text is all that is
+# left to tell the object's shape (the first rung). "big": one big object at any of the nine places.
+EXTRA_LAYOUTS: dict[str, dict[str, str]] = {
+    "centred": {"size": "big", "position": "centre"},
+    "big": {"size": "big"},
+}
 COUNTS: tuple[int, ...] = (2, 3, 4)
 PAIR_RELATIONS: tuple[str, ...] = ("above", "below", "left of", "right of")
 
@@ -84,10 +87,8 @@ def random_scene(rng: random.Random, mix: dict[str, float] | None = None) -> Sce
     layout = rng.choices(list(mix), weights=list(mix.values()))[0]
     if layout == "single":
         return single_scene(rng)
-    if layout == "centred":
-        return single_scene(rng, size="big", position="centre")
-    if layout == "big":
-        return single_scene(rng, size="big")
+    if layout in EXTRA_LAYOUTS:
+        return single_scene(rng, **EXTRA_LAYOUTS[layout])
     if layout == "count":
         return count_scene(rng)
     if layout == "pair":
