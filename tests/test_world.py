@@ -273,15 +273,15 @@ def test_a_bad_layout_mix_names_the_item_and_the_form(text, message):
 
 
 @pytest.mark.parametrize(
-    ("layout", "positions"),
-    [("centred", {"centre"}), ("big", set(POSITIONS))],
+    ("layout", "size", "positions"),
+    [("centred", "big", {"centre"}), ("big", "big", set(POSITIONS)), ("small", "small", set(POSITIONS))],
 )
-def test_a_curriculum_layout_draws_one_big_object_of_any_kind_at_its_places(layout, positions):
+def test_a_curriculum_layout_draws_one_object_of_its_size_and_any_kind_at_its_places(layout, size, positions):
     mix = parse_layout_mix(f"{layout}=1")
     rng = random.Random(SEED)
     scenes = [random_scene(rng, mix) for _ in range(300)]
     assert {s.layout for s in scenes} == {"single"}  # captioned and judged as single objects
-    assert {s.objects[0].size for s in scenes} == {"big"}
+    assert {s.objects[0].size for s in scenes} == {size}
     assert {s.objects[0].position for s in scenes} == positions
     assert {s.objects[0].kind for s in scenes} == set(KINDS)
     # the world's own mix never draws it

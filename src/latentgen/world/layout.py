@@ -36,9 +36,11 @@ LAYOUT_WEIGHTS: dict[str, float] = {"single": 0.3, "count": 0.25, "pair": 0.3, "
 # of single_scene's choices fixed (name: its fixed arguments), the rungs of a curriculum. "centred":
 # one big object in the centre, so that once the noise hides the picture the text is all that is
 # left to tell the object's shape (the first rung). "big": one big object at any of the nine places.
+# "small": one small object at any of the nine places (the rung between "big" and "single").
 EXTRA_LAYOUTS: dict[str, dict[str, str]] = {
     "centred": {"size": "big", "position": "centre"},
     "big": {"size": "big"},
+    "small": {"size": "small"},
 }
 COUNTS: tuple[int, ...] = (2, 3, 4)
 PAIR_RELATIONS: tuple[str, ...] = ("above", "below", "left of", "right of")
