@@ -79,7 +79,8 @@ class UNetTrainConfig:
     # object in the centre) was tried as a first stage: it teaches the kind words' shapes in 4,000
     # steps, but only in the centre (benchmarks/builtin_training.md, fifth shorter-recipe measurement).
     # "big=1" (one big object at any place) after it teaches them at every place in 2,000 more, but
-    # not for small objects (sixth measurement).
+    # not for small objects (sixth measurement); "small=1" after that adds nothing measurable, and the
+    # whole ladder then the world's mix scores as the recipe does at twice the steps (seventh).
     layout_mix: str = ""
     resolution: int = 64
     # text encoder: a CLIP text transformer trained from scratch on the tokenizer's vocabulary
