@@ -75,13 +75,10 @@ class UNetTrainConfig:
     data_seed: int = 0  # world stream to render
     # World layouts' relative weights, e.g. "single=0.15,count=0.25,pair=0.45,wearing=0.15" (a layout
     # left out is never drawn); "" = the world's own mix (layout.LAYOUT_WEIGHTS). For a later cycle
-    # that works on the categories a model is weakest at. "centred=1" (layout.EXTRA_LAYOUTS: one big
-    # object in the centre) was tried as a first stage: it teaches the kind words' shapes in 4,000
-    # steps, but only in the centre (benchmarks/builtin_training.md, fifth shorter-recipe measurement).
-    # "big=1" (one big object at any place) after it teaches them at every place in 2,000 more, but
-    # not for small objects (sixth measurement); "small=1" after that adds nothing measurable, and the
-    # whole ladder then 4,000 steps of the world's mix scores after 14,000 steps what the recipe does
-    # after about 28,000, ahead only on single objects and colours (seventh).
+    # that works on the categories a model is weakest at. The curriculum layouts (layout.EXTRA_LAYOUTS:
+    # "centred", "big", "small") may be named too; as stages before the world's mix they saved about
+    # half the steps to a given eval score early on, not more (benchmarks/builtin_training.md, the
+    # fifth to seventh shorter-recipe measurements).
     layout_mix: str = ""
     resolution: int = 64
     # text encoder: a CLIP text transformer trained from scratch on the tokenizer's vocabulary
