@@ -537,6 +537,55 @@ def test_init_from_an_export_starts_from_its_weights(folder, unet_run, tmp_path)
     assert not (tmp_path / "b" / "data.safetensors").exists()  # refused before any rendering
 
 
+def test_text_from_starts_the_text_encoder_alone_and_freeze_text_keeps_it(folder, unet_run, tmp_path):
+    """A U-Net can be trained from nothing on an exported model's text encoder (text_from), kept as it
+    is (freeze_text): the U-Net starts as a run from nothing does, the text never moves."""
+    out = export_model(unet_run, tmp_path / "model")
+    exported = {k: v.float() for k, v in load_file(str(out / "text_encoder" / "model.safetensors")).items()}
+
+    def text_of(tensors: dict, prefix: str) -> dict:
+        ours = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        assert ours
+        return {k: next(v for e, v in exported.items() if e.endswith(k)) for k in ours}, ours
+
+    cfg = UNetTrainConfig.tiny(run_dir=str(tmp_path / "plain"), vae=str(unet_run), data=str(folder))
+    train_unet(cfg, stop_at=0)
+    plain = checkpoint_tensors(tmp_path / "plain")
+    frozen = replace(cfg, run_dir=str(tmp_path / "frozen"), text_from=str(out), freeze_text=True)
+    train_unet(frozen, stop_at=0)
+    start = checkpoint_tensors(tmp_path / "frozen")
+    theirs, ours = text_of(start, "model.text_encoder.")
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    unet_keys = [k for k in plain if k.startswith("model.unet.")]
+    assert all(torch.equal(start[k], plain[k]) for k in unet_keys)  # the U-Net from the seed
+
+    train_unet(frozen)
+    end = checkpoint_tensors(tmp_path / "frozen")
+    for prefix in ("model.text_encoder.", "ema.text_encoder."):
+        theirs, ours = text_of(end, prefix)
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), prefix
+    assert not all(torch.equal(end[k], start[k]) for k in unet_keys)  # the U-Net trained
+    record = json.loads((export_model(tmp_path / "frozen", tmp_path / "m2") / "latentgen.json").read_text())
+    assert record["training"]["text_from"] == str(out) and record["training"]["freeze_text"] is True
+
+    trained = replace(frozen, run_dir=str(tmp_path / "trained"), freeze_text=False)
+    train_unet(trained)
+    both = checkpoint_tensors(tmp_path / "trained")
+    theirs, ours = text_of(both, "model.text_encoder.")
+    assert not all(torch.equal(ours[k], theirs[k]) for k in ours)  # without freeze_text it trains
+
+    def optimised(tensors: dict) -> int:  # parameters with optimiser state ("optim.<index>.<name>")
+        return len({k.split(".")[1] for k in tensors if k.startswith("optim.")})
+
+    assert optimised(end) == sum(1 for k in plain if k.startswith("model.unet.")) < optimised(both)
+
+    with pytest.raises(UsageError, match="text_from .* cannot be combined with init_from"):
+        train_unet(replace(frozen, run_dir=str(tmp_path / "both"), init_from=str(out)))
+    with pytest.raises(UsageError, match="text_from .* is not a model folder"):
+        train_unet(replace(frozen, run_dir=str(tmp_path / "none"), text_from=str(tmp_path)))
+    assert not (tmp_path / "both").exists() and not (tmp_path / "none" / "data.safetensors").exists()
+
+
 def test_prompt_repeat_trains_on_repeated_captions_and_grows_the_positions(folder, unet_run, tmp_path):
     """A model can be continued reading each caption twice (prompt_repeat=2): the init's text encoder
     gains positions (copies of its last), captions are tokenized doubled, the export says so."""

@@ -34,6 +34,9 @@ def _training_record(run: Path, step: int, cfg) -> dict:
     record = {"steps": step, "data": cfg.data, "num_images": cfg.num_images, "data_seed": cfg.data_seed}
     if cfg.layout_mix:  # only when not the world's own mix, so older records read the same
         record["layout_mix"] = cfg.layout_mix
+    if cfg.text_from:  # the text encoder came from another model (kept as it was with freeze_text)
+        record["text_from"] = cfg.text_from
+        record["freeze_text"] = cfg.freeze_text
     lineage = run / "init_from.json"
     if lineage.is_file():  # written by a run started with init_from
         before = json.loads(lineage.read_text(encoding="utf-8"))

@@ -69,6 +69,12 @@ class UNetTrainConfig:
     # the model config must be the one it was trained with. The optimiser and schedule start afresh.
     # This is how training continues past a finished run, e.g. in a later session on a new machine.
     init_from: str = ""
+    # Start only the text encoder from a model folder made by export_model (or "builtin"); the U-Net
+    # starts from random weights. Not with init_from, which starts both. With freeze_text, how fast a
+    # U-Net learns when the text is already read well (benchmarks/builtin_training.md).
+    text_from: str = ""
+    # Train the U-Net alone, the text encoder kept as it starts (as Stable Diffusion keeps CLIP's).
+    freeze_text: bool = False
     # data
     data: str = "world"  # "world" (the built-in renderer) or a folder of name.png + name.txt pairs
     num_images: int = 50_000  # images encoded once and cached (8 KB of posterior each at 16×16×4)
@@ -298,13 +304,9 @@ class EMA:
 
     def __init__(self, modules: dict[str, torch.nn.Module], decay: float):
         self.decay = decay
-        self.params = {
-            f"{name}.{k}": p
-            for name, m in modules.items()
-            for k, p in m.named_parameters()
-            if p.requires_grad
-        }
-        self.shadow = {k: p.detach().clone() for k, p in self.params.items()}
+        params = {f"{name}.{k}": p for name, m in modules.items() for k, p in m.named_parameters()}
+        self.params = {k: p for k, p in params.items() if p.requires_grad}  # frozen ones never move
+        self.shadow = {k: p.detach().clone() for k, p in params.items()}
 
     @torch.no_grad()
     def update(self, step: int) -> None:
@@ -535,7 +537,7 @@ def _load_vae(path: Path):
     return AutoencoderKL.from_pretrained(folder, use_safetensors=True).eval().requires_grad_(False)
 
 
-def _init_folder(name: str) -> Path:
+def _init_folder(name: str, field: str = "init_from") -> Path:
     from latentgen.loader import BUILTIN_DIR
 
     folder = BUILTIN_DIR if name == "builtin" else Path(name)
@@ -543,19 +545,19 @@ def _init_folder(name: str) -> Path:
     missing = [p for p in parts if not (folder / p).is_dir()]
     if missing:
         raise UsageError(
-            f"init_from {name!r} is not a model folder made by `latentgen train export` "
+            f"{field} {name!r} is not a model folder made by `latentgen train export` "
             f"(missing {', '.join(missing)}/)"
         )
     return folder
 
 
-def _check_same_tokenizer(tokenizer, folder: Path) -> None:
+def _check_same_tokenizer(tokenizer, folder: Path, field: str = "init_from") -> None:
     from transformers import CLIPTokenizer
 
     theirs = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     if theirs.get_vocab() != tokenizer.get_vocab() or theirs.model_max_length > tokenizer.model_max_length:
         raise UsageError(
-            f"init_from {str(folder)!r} was trained with another vocabulary or more max_tokens "
+            f"{field} {str(folder)!r} was trained with another vocabulary or more max_tokens "
             f"({theirs.model_max_length}); continue it with the data it was trained with and "
             f"max_tokens of {theirs.model_max_length} or more"
         )
@@ -633,7 +635,7 @@ def _load_init_weights(modules: dict[str, torch.nn.Module], folder: Path) -> Non
                 f"{len(unexpected)} unexpected, e.g. {(missing + unexpected)[0]}); "
                 "use the model config it was trained with"
             )
-    log.info("initialised the U-Net and text encoder from %s", folder)
+    log.info("initialised the %s from %s", " and ".join(n.replace("_", " ") for n in modules), folder)
 
 
 # --- sampling, for the grids ----------------------------------------------------------------------
@@ -709,11 +711,17 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
                 f"prompt_repeat {cfg.prompt_repeat} cannot be combined with {', '.join(losses)} "
                 "(their token positions are a single copy's); set them to 0 or prompt_repeat=1"
             )
+    if cfg.init_from and cfg.text_from:
+        raise UsageError(
+            f"text_from {cfg.text_from!r} cannot be combined with init_from, which starts the text "
+            "encoder too; leave one of them empty"
+        )
     if cfg.layout_mix:  # a typo here should fail now, not after the VAE is loaded
         layout_weights(cfg.data, cfg.layout_mix)
     unet_levels(cfg)  # likewise a wrong attention or transformer_layers, not after the rendering
     run_dir = Path(cfg.run_dir)
-    init = None  # the folder a new run starts from (init_from); a resumed run needs only its checkpoint
+    # the folders a new run starts from (init_from, text_from); a resumed run needs only its checkpoint
+    init = text_init = None
     with run_context(run_dir, cfg.threads) as stop:
         ckpt = load_checkpoint(run_dir)
         check_resume(ckpt, cfg)
@@ -722,6 +730,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
         if ckpt is None:
             t_data = time.monotonic()
             init = _init_folder(cfg.init_from) if cfg.init_from else None
+            text_init = _init_folder(cfg.text_from, "text_from") if cfg.text_from else None
             if init is not None:  # read (and check) it before hours of rendering, not after
                 from latentgen.loader import resolve_model
 
@@ -739,8 +748,9 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
             held_out = load_data(cfg.data, 8, cfg.data_seed, cfg.resolution, held_out=True)
             vocabulary = _vocabulary(cfg, train)
             tokenizer = build_tokenizer(vocabulary, run_dir / "tokenizer", cfg.max_tokens)
-            if init is not None:
-                _check_same_tokenizer(tokenizer, init)
+            for field, folder in (("init_from", init), ("text_from", text_init)):
+                if folder is not None:
+                    _check_same_tokenizer(tokenizer, folder, field)
             vae = _load_vae(vae_source)
             shutil.rmtree(run_dir / "vae", ignore_errors=True)
             vae.save_pretrained(run_dir / "vae", safe_serialization=True)
@@ -777,6 +787,10 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
         modules = {"unet": unet, "text_encoder": text_encoder}
         if init is not None:
             _load_init_weights(modules, init)
+        if ckpt is None and text_init is not None:
+            _load_init_weights({"text_encoder": text_encoder}, text_init)
+        if cfg.freeze_text:
+            text_encoder.requires_grad_(False)
         if cfg.ground_weight > 0:
             from latentgen.train.grounding import capture_cross_attention, grounding_loss
 
@@ -791,7 +805,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
 
             token_kind = _token_kinds(tokenizer)  # [vocabulary] -> kind index or -1
             modules["end_place_head"] = torch.nn.Linear(cfg.text_hidden, 2 * len(KINDS))  # likewise
-        params = [p for m in modules.values() for p in m.parameters()]
+        params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         ema = EMA(modules, cfg.ema_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
