@@ -13,7 +13,9 @@ like:
   runs the matmuls and convolutions
 - ``torch.compile`` (``--compile``; about 2 min of compiling on 2 threads)
 
-And the recipe's step with attention at the 16×16 level too (``attention=1,1,1,1``).
+And the recipe's step with attention at the 16×16 level too (``attention=1,1,1,1``), and at half
+the resolution (32×32 images, 8×8 latents; batch 32 and 64): what a resolution curriculum, SD's
+256-then-512, would save a step here.
 
     python benchmarks/train_step_speed.py --threads 2 --json benchmarks/builtin/train_step_speed.json
 """
@@ -38,9 +40,9 @@ from latentgen.train.unet import UNetTrainConfig, build_text_encoder, build_unet
 def time_step(
     cfg: UNetTrainConfig,
     tokenizer,
+    *,
     latent: tuple[int, int],
     steps: int,
-    *,
     fused: bool = False,
     channels_last: bool = False,
     bf16: bool = False,
@@ -106,9 +108,16 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compile:
         variants["torch.compile U-Net, fused AdamW"] = (recipe, {"compile_unet": True, "fused": True})
     variants["fp32, attention at 16x16 too"] = (replace(recipe, attention=(1, 1, 1, 1)), {})
+    half = (latent[0], latent[1] // 2)
+    variants["fp32, 32x32 images"] = (replace(recipe, resolution=recipe.resolution // 2), {"latent": half})
+    variants["fp32, 32x32 images, batch 64"] = (
+        replace(recipe, resolution=recipe.resolution // 2, batch_size=2 * recipe.batch_size),
+        {"latent": half},
+    )
     seconds = {}
     for name, (cfg, options) in variants.items():
-        seconds[name] = time_step(cfg, tokenizer, latent, args.steps, **options)
+        options = {"latent": latent, **options}
+        seconds[name] = time_step(cfg, tokenizer, steps=args.steps, **options)
         print(f"{name:36s} {seconds[name]:.3f} s/step  {seconds[name] / seconds['fp32']:.2f}x", flush=True)
     cpu_flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
     result = {
