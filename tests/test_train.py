@@ -583,7 +583,10 @@ def test_text_from_starts_the_text_encoder_alone_and_freeze_text_keeps_it(folder
         train_unet(replace(frozen, run_dir=str(tmp_path / "both"), init_from=str(out)))
     with pytest.raises(UsageError, match="text_from .* is not a model folder"):
         train_unet(replace(frozen, run_dir=str(tmp_path / "none"), text_from=str(tmp_path)))
+    with pytest.raises(UsageError, match="freeze_text cannot be combined with place_weight"):
+        train_unet(replace(frozen, run_dir=str(tmp_path / "place"), data="world", place_weight=1.0))
     assert not (tmp_path / "both").exists() and not (tmp_path / "none" / "data.safetensors").exists()
+    assert not (tmp_path / "place").exists()
 
 
 def test_prompt_repeat_trains_on_repeated_captions_and_grows_the_positions(folder, unet_run, tmp_path):
