@@ -543,7 +543,7 @@ def test_text_from_starts_the_text_encoder_alone_and_freeze_text_keeps_it(folder
     out = export_model(unet_run, tmp_path / "model")
     exported = {k: v.float() for k, v in load_file(str(out / "text_encoder" / "model.safetensors")).items()}
 
-    def text_of(tensors: dict, prefix: str) -> dict:
+    def text_of(tensors: dict, prefix: str) -> tuple[dict, dict]:  # (the export's, the run's) by name
         ours = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         assert ours
         return {k: next(v for e, v in exported.items() if e.endswith(k)) for k in ours}, ours

@@ -793,7 +793,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
         modules = {"unet": unet, "text_encoder": text_encoder}
         if init is not None:
             _load_init_weights(modules, init)
-        if ckpt is None and text_init is not None:
+        if text_init is not None:  # set for a new run only, as init
             _load_init_weights({"text_encoder": text_encoder}, text_init)
         if cfg.freeze_text:
             text_encoder.requires_grad_(False)
