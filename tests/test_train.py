@@ -801,7 +801,9 @@ def test_world_runs_cache_grounding_targets_and_train_with_them(tmp_path):
     assert data["boxes"][:, 2:].isnan().all() and not data["boxes"][:, :2].isnan().any()
 
 
-@pytest.mark.parametrize("name", ["ground_weight", "order_weight", "place_weight", "end_place_weight"])
+@pytest.mark.parametrize(
+    "name", ["ground_weight", "order_weight", "place_weight", "end_place_weight", "kind_weight"]
+)
 def test_world_only_losses_need_world_data(folder, vae_run, tmp_path, name):
     cfg = UNetTrainConfig.tiny(run_dir=str(tmp_path / "u"), vae=str(vae_run), data=str(folder))
     with pytest.raises(UsageError, match=f"{name} 0.1 needs data 'world'"):
@@ -944,3 +946,52 @@ def test_world_runs_train_with_the_place_loss_and_export_without_its_head(tmp_pa
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
         "scheduler", "text_encoder", "tokenizer", "unet", "vae",
     ]  # fmt: skip
+
+
+def test_kind_targets_split_each_cell_by_kind_and_the_loss_is_least_for_the_true_map():
+    from latentgen.train.grounding import kind_loss, kind_targets
+
+    nan = float("nan")
+    # a circle (kind 0) filling the left column of a 2x2 grid, a hat (kind 2) on the top-right cell
+    # and a cat (kind 1) under half of it, overlapping the hat as a worn hat does
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 0.5], [0.5, 0.0, 1.0, 0.25], [nan] * 4]])
+    kinds = torch.tensor([[0, 2, 1, -1]], dtype=torch.int8)
+    target = kind_targets(kinds, boxes, 2, 3)[0]  # [4 classes, 4 cells], cells row-major
+    expected = torch.tensor([
+        [1.0, 0.0, 1.0, 0.0],  # circle
+        [0.0, 1 / 3, 0.0, 0.0],  # cat: half the cell, shared with the hat's whole
+        [0.0, 2 / 3, 0.0, 0.0],  # hat
+        [0.0, 0.0, 0.0, 1.0],  # background: the bottom-right cell
+    ])  # fmt: skip
+    torch.testing.assert_close(target, expected)
+    assert kind_targets(torch.full((1, 4), -1, dtype=torch.int8), boxes, 2, 3)[0, 3].eq(1).all()  # empty
+
+    right = (target * 50).log().clamp(min=-50).view(1, 4, 2, 2)  # logits whose softmax is the target
+    wrong = right[:, [1, 0, 2, 3]]  # circles and cats swapped
+    assert kind_loss(right, kinds, boxes).item() < 0.65  # the hat cell's own entropy, ~0.64
+    assert kind_loss(wrong, kinds, boxes).item() > 20
+
+
+def test_world_runs_train_with_the_kind_loss_and_export_without_its_head(tmp_path):
+    from latentgen.world import KINDS, render_sample
+
+    vae = train_vae(VAETrainConfig.tiny(run_dir=str(tmp_path / "vae"), max_steps=2))
+    cfg = UNetTrainConfig.tiny(
+        run_dir=str(tmp_path / "unet"), vae=str(vae), max_steps=3, layout_mix="pair=0.5,count=0.5",
+        kind_weight=0.1,
+    )  # fmt: skip
+    train_unet(cfg, stop_at=1)
+    train_unet(cfg)  # resumed
+    whole = train_unet(replace(cfg, run_dir=str(tmp_path / "whole")))
+    assert_same_state(tmp_path / "unet", whole)
+    assert " kind " in (whole / "train.log").read_text()
+    assert any(k.startswith("model.kind_head.") for k in load_checkpoint(whole).tensors)
+    data = load_file(str(whole / "data.safetensors"))
+    mix = {"pair": 0.5, "count": 0.5}
+    for i in (0, 7):  # the cached kinds are the rendered scene's, in the boxes' order
+        objects = render_sample(cfg.data_seed, i, mix=mix).scene.objects
+        assert data["kinds"][i].tolist() == [KINDS.index(o.kind) for o in objects] + [-1] * (4 - len(objects))
+    out = export_model(whole, tmp_path / "model")
+    assert not any("kind_head" in p.name for p in out.rglob("*"))
+    exported = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert not any(k.startswith("kind_head") for k in exported)

@@ -45,6 +45,8 @@ class ImageCaptions:
     # per image, per caption, per word (as latentgen.world.captions.words splits it): a bit mask of
     # the objects (rows of ``boxes``) the word names; 0 for words that name none
     word_objects: list[list[list[int]]] | None = None
+    # [N, K] int8: the index in latentgen.world.scene.KINDS of each object's kind; -1: none
+    kinds: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -111,6 +113,7 @@ def _render_world(n: int, seed: int, resolution: int, mix: dict[str, float]) -> 
     world = _world()
     images = torch.empty(n, 3, resolution, resolution, dtype=torch.uint8)
     boxes = torch.full((n, MAX_OBJECTS, 4), float("nan"))
+    kinds = torch.full((n, MAX_OBJECTS), -1, dtype=torch.int8)
     captions, word_objects = [], []
     for i in range(n):
         sample = world.render_sample(seed, i, mix=mix)
@@ -124,8 +127,9 @@ def _render_world(n: int, seed: int, resolution: int, mix: dict[str, float]) -> 
                 f"world render (seed {seed}, index {i}) has {len(objects)} objects; at most {MAX_OBJECTS}"
             )
         boxes[i, : len(objects)] = torch.tensor([o.box for o in objects], dtype=torch.float32)
+        kinds[i, : len(objects)] = torch.tensor([world.KINDS.index(o.kind) for o in objects])
         word_objects.append([world.word_objects(c, sample.scene) for c in captions[-1]])
-    return ImageCaptions(images, captions, boxes, word_objects)
+    return ImageCaptions(images, captions, boxes, word_objects, kinds)
 
 
 def _read_folder(folder: Path, limit: int, resolution: int, held_out: bool) -> ImageCaptions:

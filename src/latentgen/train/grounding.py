@@ -178,3 +178,37 @@ def _centre_error(places: torch.Tensor, members: torch.Tensor, boxes: torch.Tens
     centres = torch.stack(((boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2), -1)
     target = (members @ centres.nan_to_num(0.0).to(places.dtype)) / count.clamp(min=1)[..., None]
     return (places - target).pow(2).sum(-1)[named].mean()
+
+
+def kind_targets(kinds: torch.Tensor, boxes: torch.Tensor, size: int, num_kinds: int) -> torch.Tensor:
+    """Per cell of a ``size``×``size`` grid, how much of it each kind of object covers, and the rest
+    (the background) last: ``[B, num_kinds + 1, size * size]``, each cell summing to 1.
+
+    ``kinds``: ``[B, K]`` the index of each object's kind (-1: no object); ``boxes``: ``[B, K, 4]``.
+    Boxes that overlap (a hat worn on a cat) share their cells in proportion.
+    """
+    cover = box_coverage(boxes, size) * (kinds >= 0)[..., None]  # [B, K, N]
+    which = torch.nn.functional.one_hot(kinds.clamp(min=0).long(), num_kinds).to(cover.dtype)  # [B, K, kinds]
+    per_kind = which.transpose(1, 2) @ cover  # [B, kinds, N]
+    total = per_kind.sum(1, keepdim=True)
+    per_kind = per_kind / total.clamp(min=1.0)
+    return torch.cat([per_kind, (1 - total).clamp(min=0.0)], dim=1)
+
+
+def kind_loss(logits: torch.Tensor, kinds: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of a per-cell kind map against where the objects of each kind are.
+
+    The U-Net's counterpart of the place losses: a head on the features of one level of the U-Net
+    predicts, at every position, which kind of object (or the background) the clean image has there
+    (:func:`kind_targets`). From a noisy latent and the text, that means knowing which kind the
+    caption names and where it will be drawn, the step the U-Net learns last (REPA, Yu et al., 2024,
+    found that tying a diffusion model's features to an image's semantics speeds its training; the
+    world hands us those semantics exactly).
+
+    ``logits``: ``[B, kinds + 1, h, w]`` with h = w (the background last); ``kinds``: ``[B, K]``;
+    ``boxes``: ``[B, K, 4]`` (NaN rows: no object).
+    """
+    batch, classes, size, _ = logits.shape
+    target = kind_targets(kinds, boxes, size, classes - 1).to(logits.dtype)  # [B, classes, N]
+    log_probs = torch.log_softmax(logits.flatten(2), dim=1)
+    return -(target * log_probs).sum(1).mean()

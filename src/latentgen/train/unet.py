@@ -173,6 +173,12 @@ class UNetTrainConfig:
     # head, as place_weight's. 0 = off. Tried at 1 for 3,500 steps on release 9: the head stayed at
     # the order-blind floor (benchmarks/builtin_training.md).
     end_place_weight: float = 0.0
+    # Weight of the kind loss (grounding.kind_loss; world data only): a small head on the features of
+    # the U-Net's down path at its first level with cross-attention (8×8 in the recipe's U-Net)
+    # predicts, per position, the kind of object the clean image has there, or the background. A
+    # dense signal for the step every run from nothing learns last: which kind goes where. Training-
+    # only head (the export leaves it out). 0 = off.
+    kind_weight: float = 0.0
     # optimisation (AdamW, one optimiser for the U-Net and the text encoder)
     batch_size: int = 32
     max_steps: int = 15_000
@@ -275,6 +281,23 @@ def build_unet(cfg: UNetTrainConfig, latent_channels: int, latent_size: int):
     )
 
 
+def _capture_kind_features(unet) -> tuple[list[torch.Tensor], int]:
+    """Keep the features of ``unet``'s down path at its first level with cross-attention (the output
+    of that level's last transformer) in a list, one ``[B, C, h, w]`` per forward pass; returns the
+    list and C. The kind loss pops them; a second pass (the order loss) appends another, unused."""
+    level = next((i for i, b in enumerate(unet.down_blocks) if getattr(b, "attentions", None)), None)
+    if level is None:
+        raise UsageError("kind_weight needs a U-Net with cross-attention; set attention or kind_weight=0")
+    features: list[torch.Tensor] = []
+
+    def keep(_module, _inputs, output) -> None:
+        features.clear()  # only the latest pass
+        features.append(output[0] if isinstance(output, tuple) else output.sample)
+
+    unet.down_blocks[level].attentions[-1].register_forward_hook(keep)
+    return features, unet.config.block_out_channels[level]
+
+
 def noise_schedule_config(cfg: UNetTrainConfig) -> dict:
     """The training noise schedule; the exported scheduler shares it."""
     return {
@@ -343,6 +366,7 @@ class LatentCaptions:
     # For the order loss (world data only): [U] row of `tokens` holding each row's caption with its
     # two objects swapped around its direction (latentgen.world.swap_subjects), -1 if it has none
     swap_rows: torch.Tensor | None = None
+    kinds: torch.Tensor | None = None  # [N, K] int8: each object's index in KINDS, -1: none (kind loss)
 
     def __len__(self) -> int:
         return len(self.latent_mean)
@@ -415,6 +439,7 @@ def encode_dataset(
         boxes=train.boxes,
         token_objects=token_objects,
         swap_rows=swap_rows,
+        kinds=train.kinds,
     )
 
 
@@ -694,7 +719,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
         raise UsageError(
             f"high_noise_share {cfg.high_noise_share} must be in [0, 1] (0.5 = uniform timesteps)"
         )
-    for name in ("ground_weight", "order_weight", "place_weight", "end_place_weight"):
+    for name in ("ground_weight", "order_weight", "place_weight", "end_place_weight", "kind_weight"):
         value = getattr(cfg, name)
         if value < 0 or (value > 0 and cfg.data != WORLD):
             raise UsageError(
@@ -811,6 +836,16 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
 
             token_kind = _token_kinds(tokenizer)  # [vocabulary] -> kind index or -1
             modules["end_place_head"] = torch.nn.Linear(cfg.text_hidden, 2 * len(KINDS))  # likewise
+        if cfg.kind_weight > 0:
+            from latentgen.train.grounding import kind_loss
+            from latentgen.world.scene import KINDS
+
+            kind_features, channels = _capture_kind_features(unet)
+            modules["kind_head"] = torch.nn.Sequential(  # likewise checkpointed, not exported
+                torch.nn.Conv2d(channels, channels, 1),
+                torch.nn.SiLU(),
+                torch.nn.Conv2d(channels, len(KINDS) + 1, 1),
+            )
         params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         ema = EMA(modules, cfg.ema_decay)
@@ -899,6 +934,12 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
                 end_place = end_place_loss(places, kinds, named, data.boxes[index])
                 logged["end_place"] = end_place.item()
                 loss = loss + cfg.end_place_weight * end_place
+            if cfg.kind_weight > 0:
+                kind = kind_loss(
+                    modules["kind_head"](kind_features.pop()), data.kinds[index], data.boxes[index]
+                )
+                logged["kind"] = kind.item()
+                loss = loss + cfg.kind_weight * kind
             if cfg.order_weight > 0:
                 rows = data.caption_ids[entries.clamp(min=0)]
                 swap = torch.where((entries >= 0) & (timesteps >= cfg.order_min_t), data.swap_rows[rows], -1)
