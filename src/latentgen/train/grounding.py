@@ -208,7 +208,7 @@ def kind_loss(logits: torch.Tensor, kinds: torch.Tensor, boxes: torch.Tensor) ->
     ``logits``: ``[B, kinds + 1, h, w]`` with h = w (the background last); ``kinds``: ``[B, K]``;
     ``boxes``: ``[B, K, 4]`` (NaN rows: no object).
     """
-    batch, classes, size, _ = logits.shape
+    classes, size = logits.shape[1:3]
     target = kind_targets(kinds, boxes, size, classes - 1).to(logits.dtype)  # [B, classes, N]
     log_probs = torch.log_softmax(logits.flatten(2), dim=1)
     return -(target * log_probs).sum(1).mean()

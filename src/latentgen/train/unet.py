@@ -284,10 +284,9 @@ def build_unet(cfg: UNetTrainConfig, latent_channels: int, latent_size: int):
 def _capture_kind_features(unet) -> tuple[list[torch.Tensor], int]:
     """Keep the features of ``unet``'s down path at its first level with cross-attention (the output
     of that level's last transformer) in a list, one ``[B, C, h, w]`` per forward pass; returns the
-    list and C. The kind loss pops them; a second pass (the order loss) appends another, unused."""
-    level = next((i for i, b in enumerate(unet.down_blocks) if getattr(b, "attentions", None)), None)
-    if level is None:
-        raise UsageError("kind_weight needs a U-Net with cross-attention; set attention or kind_weight=0")
+    list and C. The kind loss pops them; a second pass (the order loss) replaces them, unused."""
+    # unet_levels has made sure some level has cross-attention
+    level = next(i for i, b in enumerate(unet.down_blocks) if getattr(b, "attentions", None))
     features: list[torch.Tensor] = []
 
     def keep(_module, _inputs, output) -> None:
@@ -934,7 +933,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
                 end_place = end_place_loss(places, kinds, named, data.boxes[index])
                 logged["end_place"] = end_place.item()
                 loss = loss + cfg.end_place_weight * end_place
-            if cfg.kind_weight > 0:
+            if cfg.kind_weight > 0:  # blanked captions too: the head then reads the kinds off the picture
                 kind = kind_loss(
                     modules["kind_head"](kind_features.pop()), data.kinds[index], data.boxes[index]
                 )
