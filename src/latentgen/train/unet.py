@@ -177,7 +177,9 @@ class UNetTrainConfig:
     # the U-Net's down path at its first level with cross-attention (8×8 in the recipe's U-Net)
     # predicts, per position, the kind of object the clean image has there, or the background. A
     # dense signal for the step every run from nothing learns last: which kind goes where. Training-
-    # only head (the export leaves it out). 0 = off.
+    # only head (the export leaves it out). 0 = off. Tried from nothing for 6,000 steps: 0.1 scored
+    # six times the run without it, 1.0 drew more kinds right but lost the colours
+    # (benchmarks/builtin_training.md, ninth shorter-recipe measurement).
     kind_weight: float = 0.0
     # optimisation (AdamW, one optimiser for the U-Net and the text encoder)
     batch_size: int = 32
