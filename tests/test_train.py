@@ -802,7 +802,8 @@ def test_world_runs_cache_grounding_targets_and_train_with_them(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["ground_weight", "order_weight", "place_weight", "end_place_weight", "kind_weight"]
+    "name",
+    ["ground_weight", "order_weight", "place_weight", "end_place_weight", "kind_weight", "colour_weight"],
 )
 def test_world_only_losses_need_world_data(folder, vae_run, tmp_path, name):
     cfg = UNetTrainConfig.tiny(run_dir=str(tmp_path / "u"), vae=str(vae_run), data=str(folder))
@@ -972,26 +973,59 @@ def test_kind_targets_split_each_cell_by_kind_and_the_loss_is_least_for_the_true
     assert kind_loss(wrong, kinds, boxes).item() > 20
 
 
-def test_world_runs_train_with_the_kind_loss_and_export_without_its_head(tmp_path):
-    from latentgen.world import KINDS, render_sample
+def test_colour_targets_give_objects_their_colours_and_the_rest_the_background_colour():
+    from latentgen.train.grounding import colour_loss, colour_targets
+
+    nan = float("nan")
+    # on a 2x2 grid with a blue (2) background: a red (0) box on the left column, a green (1) hat on
+    # the top-right cell over half of a red cat, as a worn hat does
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 0.5], [0.5, 0.0, 1.0, 0.25], [nan] * 4]])
+    colours = torch.tensor([[0, 1, 0, -1]], dtype=torch.int8)
+    backgrounds = torch.tensor([2], dtype=torch.int8)
+    target = colour_targets(colours, backgrounds, boxes, 2, 4)[0]  # [4 colours, 4 cells], row-major
+    expected = torch.tensor([
+        [1.0, 1 / 3, 1.0, 0.0],  # red: the left column, and the cat's share of the top right
+        [0.0, 2 / 3, 0.0, 0.0],  # green: the hat
+        [0.0, 0.0, 0.0, 1.0],  # blue: the background, the bottom-right cell
+        [0.0, 0.0, 0.0, 0.0],  # a colour nothing has
+    ])  # fmt: skip
+    torch.testing.assert_close(target, expected)
+    empty = colour_targets(torch.full((1, 4), -1, dtype=torch.int8), backgrounds, boxes, 2, 4)[0]
+    assert empty[2].eq(1).all() and empty.sum().item() == 4  # nothing drawn: all background
+
+    right = (target * 50).log().clamp(min=-50).view(1, 4, 2, 2)  # logits whose softmax is the target
+    swapped = right[:, [1, 0, 2, 3]]  # red and green swapped: every object in the other's colour
+    # the mean over cells is a quarter of the top-right cell's entropy (0.64), the rest are certain
+    assert colour_loss(right, colours, backgrounds, boxes).item() == pytest.approx(0.64 / 4, abs=0.01)
+    assert colour_loss(swapped, colours, backgrounds, boxes).item() > 20
+
+
+def test_world_runs_train_with_the_kind_and_colour_losses_and_export_without_their_heads(tmp_path):
+    from latentgen.world import COLOUR_NAMES, KINDS, render_sample
 
     vae = train_vae(VAETrainConfig.tiny(run_dir=str(tmp_path / "vae"), max_steps=2))
     cfg = UNetTrainConfig.tiny(
         run_dir=str(tmp_path / "unet"), vae=str(vae), max_steps=3, layout_mix="pair=0.5,count=0.5",
-        kind_weight=0.1,
+        kind_weight=0.1, colour_weight=0.1,
     )  # fmt: skip
     train_unet(cfg, stop_at=1)
     train_unet(cfg)  # resumed
     whole = train_unet(replace(cfg, run_dir=str(tmp_path / "whole")))
     assert_same_state(tmp_path / "unet", whole)
-    assert " kind " in (whole / "train.log").read_text()
-    assert any(k.startswith("model.kind_head.") for k in load_checkpoint(whole).tensors)
+    log = (whole / "train.log").read_text()
+    assert " kind " in log and " colour " in log
+    tensors = load_checkpoint(whole).tensors
+    assert any(k.startswith("model.kind_head.") for k in tensors)
+    assert any(k.startswith("model.colour_head.") for k in tensors)
     data = load_file(str(whole / "data.safetensors"))
     mix = {"pair": 0.5, "count": 0.5}
-    for i in (0, 7):  # the cached kinds are the rendered scene's, in the boxes' order
-        objects = render_sample(cfg.data_seed, i, mix=mix).scene.objects
-        assert data["kinds"][i].tolist() == [KINDS.index(o.kind) for o in objects] + [-1] * (4 - len(objects))
+    for i in (0, 7):  # the cached kinds and colours are the rendered scene's, in the boxes' order
+        scene = render_sample(cfg.data_seed, i, mix=mix).scene
+        none = [-1] * (4 - len(scene.objects))
+        assert data["kinds"][i].tolist() == [KINDS.index(o.kind) for o in scene.objects] + none
+        assert data["colours"][i].tolist() == [COLOUR_NAMES.index(o.colour) for o in scene.objects] + none
+        assert data["backgrounds"][i].item() == COLOUR_NAMES.index(scene.background)
     out = export_model(whole, tmp_path / "model")
-    assert not any("kind_head" in p.name for p in out.rglob("*"))
+    assert not any("_head" in p.name for p in out.rglob("*"))
     exported = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
-    assert not any(k.startswith("kind_head") for k in exported)
+    assert not any(k.startswith(("kind_head", "colour_head")) for k in exported)

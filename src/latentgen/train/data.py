@@ -47,6 +47,9 @@ class ImageCaptions:
     word_objects: list[list[list[int]]] | None = None
     # [N, K] int8: the index in latentgen.world.scene.KINDS of each object's kind; -1: none
     kinds: torch.Tensor | None = None
+    # [N, K] int8: the index in latentgen.world.COLOUR_NAMES of each object's colour; -1: none
+    colours: torch.Tensor | None = None
+    backgrounds: torch.Tensor | None = None  # [N] int8: the index in COLOUR_NAMES of the background
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -114,6 +117,8 @@ def _render_world(n: int, seed: int, resolution: int, mix: dict[str, float]) -> 
     images = torch.empty(n, 3, resolution, resolution, dtype=torch.uint8)
     boxes = torch.full((n, MAX_OBJECTS, 4), float("nan"))
     kinds = torch.full((n, MAX_OBJECTS), -1, dtype=torch.int8)
+    colours = torch.full((n, MAX_OBJECTS), -1, dtype=torch.int8)
+    backgrounds = torch.empty(n, dtype=torch.int8)
     captions, word_objects = [], []
     for i in range(n):
         sample = world.render_sample(seed, i, mix=mix)
@@ -128,8 +133,10 @@ def _render_world(n: int, seed: int, resolution: int, mix: dict[str, float]) -> 
             )
         boxes[i, : len(objects)] = torch.tensor([o.box for o in objects], dtype=torch.float32)
         kinds[i, : len(objects)] = torch.tensor([world.KINDS.index(o.kind) for o in objects])
+        colours[i, : len(objects)] = torch.tensor([world.COLOUR_NAMES.index(o.colour) for o in objects])
+        backgrounds[i] = world.COLOUR_NAMES.index(sample.scene.background)
         word_objects.append([world.word_objects(c, sample.scene) for c in captions[-1]])
-    return ImageCaptions(images, captions, boxes, word_objects, kinds)
+    return ImageCaptions(images, captions, boxes, word_objects, kinds, colours, backgrounds)
 
 
 def _read_folder(folder: Path, limit: int, resolution: int, held_out: bool) -> ImageCaptions:

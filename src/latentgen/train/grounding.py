@@ -210,5 +210,41 @@ def kind_loss(logits: torch.Tensor, kinds: torch.Tensor, boxes: torch.Tensor) ->
     """
     classes, size = logits.shape[1:3]
     target = kind_targets(kinds, boxes, size, classes - 1).to(logits.dtype)  # [B, classes, N]
+    return _soft_cross_entropy(logits, target)
+
+
+def colour_targets(
+    colours: torch.Tensor, backgrounds: torch.Tensor, boxes: torch.Tensor, size: int, num_colours: int
+) -> torch.Tensor:
+    """Per cell of a ``size``×``size`` grid, how much of it is each colour: the objects' colours by
+    how much of the cell their boxes cover, the background's colour for the rest:
+    ``[B, num_colours, size * size]``, each cell summing to 1.
+
+    ``colours``: ``[B, K]`` each object's colour index (-1: no object); ``backgrounds``: ``[B]``.
+    """
+    objects = kind_targets(colours, boxes, size, num_colours)  # colours as kinds; the background's share last
+    background = torch.nn.functional.one_hot(backgrounds.long(), num_colours).to(objects.dtype)
+    return objects[:, :-1] + objects[:, -1:] * background[..., None]
+
+
+def colour_loss(
+    logits: torch.Tensor, colours: torch.Tensor, backgrounds: torch.Tensor, boxes: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy of a per-cell colour map against the colours of the clean image
+    (:func:`colour_targets`): the kind loss's twin, so that each colour word lands on the object it
+    names and the background's colour word on the rest.
+
+    ``logits``: ``[B, colours, h, w]`` with h = w; ``colours``: ``[B, K]``; ``backgrounds``: ``[B]``;
+    ``boxes``: ``[B, K, 4]`` (NaN rows: no object).
+    """
+    classes, size = logits.shape[1:3]
+    return _soft_cross_entropy(
+        logits, colour_targets(colours, backgrounds, boxes, size, classes).to(logits.dtype)
+    )
+
+
+def _soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over cells of the cross-entropy of ``logits`` ``[B, classes, h, w]`` against the
+    distributions ``target`` ``[B, classes, h * w]``."""
     log_probs = torch.log_softmax(logits.flatten(2), dim=1)
     return -(target * log_probs).sum(1).mean()

@@ -181,6 +181,11 @@ class UNetTrainConfig:
     # six times the run without it, 1.0 drew more kinds right but lost the colours
     # (benchmarks/builtin_training.md, ninth shorter-recipe measurement).
     kind_weight: float = 0.0
+    # Weight of the colour loss (grounding.colour_loss; world data only): the kind loss's twin, a
+    # second head on the same features predicting the colour the clean image has at each position
+    # (the object's there, else the background's), so that each colour word is tied to its object.
+    # Training-only head. 0 = off.
+    colour_weight: float = 0.0
     # optimisation (AdamW, one optimiser for the U-Net and the text encoder)
     batch_size: int = 32
     max_steps: int = 15_000
@@ -283,10 +288,17 @@ def build_unet(cfg: UNetTrainConfig, latent_channels: int, latent_size: int):
     )
 
 
+def _dense_head(channels: int, classes: int) -> torch.nn.Module:
+    """A per-position classifier on ``channels`` features: two 1×1 convolutions."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(channels, channels, 1), torch.nn.SiLU(), torch.nn.Conv2d(channels, classes, 1)
+    )
+
+
 def _capture_kind_features(unet) -> tuple[list[torch.Tensor], int]:
     """Keep the features of ``unet``'s down path at its first level with cross-attention (the output
     of that level's last transformer) in a list, one ``[B, C, h, w]`` per forward pass; returns the
-    list and C. The kind loss pops them; a second pass (the order loss) replaces them, unused."""
+    list and C. The kind and colour losses pop them; a second pass (the order loss) replaces them, unused."""
     # unet_levels has made sure some level has cross-attention
     level = next(i for i, b in enumerate(unet.down_blocks) if getattr(b, "attentions", None))
     features: list[torch.Tensor] = []
@@ -368,6 +380,9 @@ class LatentCaptions:
     # two objects swapped around its direction (latentgen.world.swap_subjects), -1 if it has none
     swap_rows: torch.Tensor | None = None
     kinds: torch.Tensor | None = None  # [N, K] int8: each object's index in KINDS, -1: none (kind loss)
+    # for the colour loss: [N, K] int8 each object's index in COLOUR_NAMES (-1: none), [N] the background's
+    colours: torch.Tensor | None = None
+    backgrounds: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.latent_mean)
@@ -441,6 +456,8 @@ def encode_dataset(
         token_objects=token_objects,
         swap_rows=swap_rows,
         kinds=train.kinds,
+        colours=train.colours,
+        backgrounds=train.backgrounds,
     )
 
 
@@ -720,7 +737,15 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
         raise UsageError(
             f"high_noise_share {cfg.high_noise_share} must be in [0, 1] (0.5 = uniform timesteps)"
         )
-    for name in ("ground_weight", "order_weight", "place_weight", "end_place_weight", "kind_weight"):
+    world_losses = (
+        "ground_weight",
+        "order_weight",
+        "place_weight",
+        "end_place_weight",
+        "kind_weight",
+        "colour_weight",
+    )
+    for name in world_losses:
         value = getattr(cfg, name)
         if value < 0 or (value > 0 and cfg.data != WORLD):
             raise UsageError(
@@ -837,16 +862,15 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
 
             token_kind = _token_kinds(tokenizer)  # [vocabulary] -> kind index or -1
             modules["end_place_head"] = torch.nn.Linear(cfg.text_hidden, 2 * len(KINDS))  # likewise
-        if cfg.kind_weight > 0:
-            from latentgen.train.grounding import kind_loss
-            from latentgen.world.scene import KINDS
+        if cfg.kind_weight > 0 or cfg.colour_weight > 0:
+            from latentgen.train.grounding import colour_loss, kind_loss
+            from latentgen.world import COLOUR_NAMES, KINDS
 
             kind_features, channels = _capture_kind_features(unet)
-            modules["kind_head"] = torch.nn.Sequential(  # likewise checkpointed, not exported
-                torch.nn.Conv2d(channels, channels, 1),
-                torch.nn.SiLU(),
-                torch.nn.Conv2d(channels, len(KINDS) + 1, 1),
-            )
+            if cfg.kind_weight > 0:  # likewise checkpointed, not exported
+                modules["kind_head"] = _dense_head(channels, len(KINDS) + 1)  # and the background
+            if cfg.colour_weight > 0:
+                modules["colour_head"] = _dense_head(channels, len(COLOUR_NAMES))
         params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         ema = EMA(modules, cfg.ema_decay)
@@ -935,12 +959,19 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
                 end_place = end_place_loss(places, kinds, named, data.boxes[index])
                 logged["end_place"] = end_place.item()
                 loss = loss + cfg.end_place_weight * end_place
+            if cfg.kind_weight > 0 or cfg.colour_weight > 0:
+                features = kind_features.pop()
             if cfg.kind_weight > 0:  # blanked captions too: the head then reads the kinds off the picture
-                kind = kind_loss(
-                    modules["kind_head"](kind_features.pop()), data.kinds[index], data.boxes[index]
-                )
+                kind = kind_loss(modules["kind_head"](features), data.kinds[index], data.boxes[index])
                 logged["kind"] = kind.item()
                 loss = loss + cfg.kind_weight * kind
+            if cfg.colour_weight > 0:
+                colour = colour_loss(
+                    modules["colour_head"](features), data.colours[index], data.backgrounds[index],
+                    data.boxes[index],
+                )  # fmt: skip
+                logged["colour"] = colour.item()
+                loss = loss + cfg.colour_weight * colour
             if cfg.order_weight > 0:
                 rows = data.caption_ids[entries.clamp(min=0)]
                 swap = torch.where((entries >= 0) & (timesteps >= cfg.order_min_t), data.swap_rows[rows], -1)
