@@ -288,6 +288,17 @@ def build_unet(cfg: UNetTrainConfig, latent_channels: int, latent_size: int):
     )
 
 
+# losses that read what world renders know (objects, boxes, kinds, colours, captions' words)
+_WORLD_LOSSES = (
+    "ground_weight",
+    "order_weight",
+    "place_weight",
+    "end_place_weight",
+    "kind_weight",
+    "colour_weight",
+)
+
+
 def _dense_head(channels: int, classes: int) -> torch.nn.Module:
     """A per-position classifier on ``channels`` features: two 1×1 convolutions."""
     return torch.nn.Sequential(
@@ -295,7 +306,7 @@ def _dense_head(channels: int, classes: int) -> torch.nn.Module:
     )
 
 
-def _capture_kind_features(unet) -> tuple[list[torch.Tensor], int]:
+def _capture_head_features(unet) -> tuple[list[torch.Tensor], int]:
     """Keep the features of ``unet``'s down path at its first level with cross-attention (the output
     of that level's last transformer) in a list, one ``[B, C, h, w]`` per forward pass; returns the
     list and C. The kind and colour losses pop them; a second pass (the order loss) replaces them, unused."""
@@ -737,15 +748,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
         raise UsageError(
             f"high_noise_share {cfg.high_noise_share} must be in [0, 1] (0.5 = uniform timesteps)"
         )
-    world_losses = (
-        "ground_weight",
-        "order_weight",
-        "place_weight",
-        "end_place_weight",
-        "kind_weight",
-        "colour_weight",
-    )
-    for name in world_losses:
+    for name in _WORLD_LOSSES:
         value = getattr(cfg, name)
         if value < 0 or (value > 0 and cfg.data != WORLD):
             raise UsageError(
@@ -866,7 +869,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
             from latentgen.train.grounding import colour_loss, kind_loss
             from latentgen.world import COLOUR_NAMES, KINDS
 
-            kind_features, channels = _capture_kind_features(unet)
+            head_features, channels = _capture_head_features(unet)
             if cfg.kind_weight > 0:  # likewise checkpointed, not exported
                 modules["kind_head"] = _dense_head(channels, len(KINDS) + 1)  # and the background
             if cfg.colour_weight > 0:
@@ -960,7 +963,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
                 logged["end_place"] = end_place.item()
                 loss = loss + cfg.end_place_weight * end_place
             if cfg.kind_weight > 0 or cfg.colour_weight > 0:
-                features = kind_features.pop()
+                features = head_features.pop()
             if cfg.kind_weight > 0:  # blanked captions too: the head then reads the kinds off the picture
                 kind = kind_loss(modules["kind_head"](features), data.kinds[index], data.boxes[index])
                 logged["kind"] = kind.item()
