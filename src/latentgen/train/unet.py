@@ -184,7 +184,9 @@ class UNetTrainConfig:
     # Weight of the colour loss (grounding.colour_loss; world data only): the kind loss's twin, a
     # second head on the same features predicting the colour the clean image has at each position
     # (the object's there, else the background's), so that each colour word is tied to its object.
-    # Training-only head. 0 = off.
+    # Training-only head. 0 = off. Tried at 0.1 beside kind_weight=0.1 from nothing for 12,000 steps:
+    # the backgrounds and colour attribution came back, the kinds at half the kind loss's pace
+    # (benchmarks/builtin_training.md, tenth shorter-recipe measurement).
     colour_weight: float = 0.0
     # optimisation (AdamW, one optimiser for the U-Net and the text encoder)
     batch_size: int = 32
