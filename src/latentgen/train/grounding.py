@@ -209,8 +209,7 @@ def kind_loss(logits: torch.Tensor, kinds: torch.Tensor, boxes: torch.Tensor) ->
     ``boxes``: ``[B, K, 4]`` (NaN rows: no object).
     """
     classes, size = logits.shape[1:3]
-    target = kind_targets(kinds, boxes, size, classes - 1).to(logits.dtype)  # [B, classes, N]
-    return _soft_cross_entropy(logits, target)
+    return _soft_cross_entropy(logits, kind_targets(kinds, boxes, size, classes - 1))
 
 
 def colour_targets(
@@ -238,13 +237,11 @@ def colour_loss(
     ``boxes``: ``[B, K, 4]`` (NaN rows: no object).
     """
     classes, size = logits.shape[1:3]
-    return _soft_cross_entropy(
-        logits, colour_targets(colours, backgrounds, boxes, size, classes).to(logits.dtype)
-    )
+    return _soft_cross_entropy(logits, colour_targets(colours, backgrounds, boxes, size, classes))
 
 
 def _soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over cells of the cross-entropy of ``logits`` ``[B, classes, h, w]`` against the
     distributions ``target`` ``[B, classes, h * w]``."""
     log_probs = torch.log_softmax(logits.flatten(2), dim=1)
-    return -(target * log_probs).sum(1).mean()
+    return -(target.to(log_probs.dtype) * log_probs).sum(1).mean()

@@ -867,7 +867,8 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
 
             token_kind = _token_kinds(tokenizer)  # [vocabulary] -> kind index or -1
             modules["end_place_head"] = torch.nn.Linear(cfg.text_hidden, 2 * len(KINDS))  # likewise
-        if cfg.kind_weight > 0 or cfg.colour_weight > 0:
+        dense_heads = cfg.kind_weight > 0 or cfg.colour_weight > 0
+        if dense_heads:
             from latentgen.train.grounding import colour_loss, kind_loss
             from latentgen.world import COLOUR_NAMES, KINDS
 
@@ -964,7 +965,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
                 end_place = end_place_loss(places, kinds, named, data.boxes[index])
                 logged["end_place"] = end_place.item()
                 loss = loss + cfg.end_place_weight * end_place
-            if cfg.kind_weight > 0 or cfg.colour_weight > 0:
+            if dense_heads:
                 features = head_features.pop()
             if cfg.kind_weight > 0:  # blanked captions too: the head then reads the kinds off the picture
                 kind = kind_loss(modules["kind_head"](features), data.kinds[index], data.boxes[index])
