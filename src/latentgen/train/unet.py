@@ -186,7 +186,9 @@ class UNetTrainConfig:
     # (the object's there, else the background's), so that each colour word is tied to its object.
     # Training-only head. 0 = off. Tried at 0.1 beside kind_weight=0.1 from nothing for 12,000 steps:
     # the backgrounds and colour attribution came back, the kinds at half the kind loss's pace
-    # (benchmarks/builtin_training.md, tenth shorter-recipe measurement).
+    # (tenth shorter-recipe measurement). Switched on only in a second 6,000-step cycle (init_from the
+    # kind loss's first), it kept the kinds' pace as well: 0.608 after 12,000 steps against 0.329
+    # (eleventh; benchmarks/builtin_training.md).
     colour_weight: float = 0.0
     # optimisation (AdamW, one optimiser for the U-Net and the text encoder)
     batch_size: int = 32
