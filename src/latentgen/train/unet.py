@@ -926,6 +926,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
         progress = Progress(step, cfg.max_steps, cfg.batch_size, cfg.log_every)
         unet.train()
         text_encoder.train()
+        world_losses = any(getattr(cfg, name) > 0 for name in _WORLD_LOSSES)  # each needs the boxes
         while step < end:
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
@@ -937,6 +938,7 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
 
             text_emb = text_encoder(input_ids)[0]  # [B, L, D]
+            boxes = data.boxes[index] if world_losses else None  # [B, K, 4], gathered once a step
             if cfg.ground_weight > 0:
                 attention_maps.clear()
                 capturing["active"] = True
@@ -951,12 +953,12 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
                 named = torch.where((entries >= 0)[:, None], data.token_objects[entries.clamp(min=0)], 0)
             if cfg.ground_weight > 0:
                 capturing["active"] = False
-                ground = grounding_loss(attention_maps, named, data.boxes[index])
+                ground = grounding_loss(attention_maps, named, boxes)
                 attention_maps.clear()
                 logged["ground"] = ground.item()
                 loss = loss + cfg.ground_weight * ground
             if cfg.place_weight > 0:
-                place = place_loss(modules["place_head"](text_emb), named, data.boxes[index])
+                place = place_loss(modules["place_head"](text_emb), named, boxes)
                 logged["place"] = place.item()
                 loss = loss + cfg.place_weight * place
             if cfg.end_place_weight > 0:
@@ -964,19 +966,19 @@ def train_unet(cfg: UNetTrainConfig, *, stop_at: int | None = None) -> Path:
                 state = text_emb[torch.arange(len(eos)), eos]  # [B, D]
                 places = modules["end_place_head"](state).view(len(eos), len(KINDS), 2)
                 kinds = token_kind[input_ids]
-                end_place = end_place_loss(places, kinds, named, data.boxes[index])
+                end_place = end_place_loss(places, kinds, named, boxes)
                 logged["end_place"] = end_place.item()
                 loss = loss + cfg.end_place_weight * end_place
             if dense_heads:
                 features = head_features.pop()
             if cfg.kind_weight > 0:  # blanked captions too: the head then reads the kinds off the picture
-                kind = kind_loss(modules["kind_head"](features), data.kinds[index], data.boxes[index])
+                kind = kind_loss(modules["kind_head"](features), data.kinds[index], boxes)
                 logged["kind"] = kind.item()
                 loss = loss + cfg.kind_weight * kind
             if cfg.colour_weight > 0:
                 colour = colour_loss(
                     modules["colour_head"](features), data.colours[index], data.backgrounds[index],
-                    data.boxes[index],
+                    boxes,
                 )  # fmt: skip
                 logged["colour"] = colour.item()
                 loss = loss + cfg.colour_weight * colour
