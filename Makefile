@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PROMPT ?= a cat wearing a hat
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-all lint format bench train-builtin clean
+.PHONY: install run test test-all lint format bench train-builtin train-builtin-release10 clean
 
 install: $(STAMP)
 
@@ -36,8 +36,11 @@ bench: install  ## speed against diffusers' own pipeline; results in benchmarks/
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_batch.py
 
-train-builtin: install  ## train the built-in model from nothing (hours on 2 cores; resumable)
+train-builtin: install  ## train the built-in model from nothing (about 6 h on 2 cores; resumable)
 	scripts/train-builtin
+
+train-builtin-release10: install  ## the shipped release 10's longer recipe (about 16 h; resumable)
+	scripts/train-builtin-release10
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist src/*.egg-info

@@ -19,8 +19,10 @@ The configs' defaults are the built-in model's recipe (64×64 images):
   scratch, 2.3M; v-prediction; batch 32, 15,000 steps; EMA. The shipped model then continues that
   run in further cycles, each from the last one's export (``init_from``) on fresh renders with
   ``high_noise_share=0.75``, the last of them with a second transformer layer grown into every
-  attention block but the 16×16 level's (``transformer_layers``; U-Net 17.1M): ``scripts/train-builtin``
-  lists them.
+  attention block but the 16×16 level's (``transformer_layers``; U-Net 17.1M):
+  ``scripts/train-builtin-release10`` lists them. ``scripts/train-builtin`` is the shorter recipe:
+  five cycles of 6,000 steps on 20,000 renders each, with the kind loss, then the kind and colour
+  losses, on (``kind_weight``, ``colour_weight``).
 - Export: about 35 MB in fp16 (44 MB grown).
 """
 
